@@ -1,0 +1,13 @@
+#pragma once
+
+// The umbrella header: everything couring offers.
+
+#include <couring/endpoint.hpp>
+#include <couring/error.hpp>
+#include <couring/io_context.hpp>
+#include <couring/nop.hpp>
+#include <couring/result.hpp>
+#include <couring/sleep.hpp>
+#include <couring/task.hpp>
+#include <couring/tcp_listener.hpp>
+#include <couring/tcp_stream.hpp>

@@ -1,0 +1,71 @@
+#pragma once
+
+// io_awaitable: the common shape of every single-request operation.
+//
+// Derived supplies prepare(io_uring_sqe*) and make_result(int res). The
+// awaitable is its own completion record, so awaiting it allocates nothing.
+// It may be moved before it is awaited (with_timeout takes it by value), never
+// after: from await_suspend until resumption its address is the SQE's user_data.
+
+#include <coroutine>
+
+#include <couring/detail/cancel_scope.hpp>
+#include <couring/detail/operation.hpp>
+#include <couring/io_context.hpp>
+#include <couring/task.hpp>
+
+namespace couring::detail {
+
+// Default completion: resume the awaiting coroutine, unless the context is
+// being torn down (then the frame is destroyed instead of resumed).
+inline void resume_waiter(operation* op) noexcept {
+  if (op->scope != nullptr)
+    op->scope->clear_current(op);
+  if (op->ctx->shutting_down())
+    return;
+  op->waiter.resume();
+}
+
+template <class Derived>
+class io_awaitable : public operation {
+public:
+  explicit io_awaitable(io_context& ctx) noexcept {
+    this->ctx = &ctx;
+    this->on_complete = &resume_waiter;
+  }
+  io_awaitable(io_awaitable&& other) noexcept : operation(other) {}
+  io_awaitable& operator=(io_awaitable&&) = delete;
+
+  bool await_ready() const noexcept { return false; }
+
+  template <class Promise>
+  bool await_suspend(std::coroutine_handle<Promise> awaiting) {
+    return start(awaiting, scope_of(awaiting));
+  }
+
+  auto await_resume() { return static_cast<Derived*>(this)->make_result(this->res); }
+
+  // Prepares and arms the request; false when it completed without being
+  // submitted (its scope was already cancelled), and the caller goes on.
+  bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+    this->scope = s;
+    if (s != nullptr && s->cancelled()) {
+      this->res = -ECANCELED;
+      return false;
+    }
+    this->waiter = awaiting;
+    submit();
+    if (s != nullptr)
+      s->set_current(this);
+    return true;
+  }
+
+  // Takes an SQE, lets Derived fill it in, and ties it to this record.
+  void submit() {
+    io_uring_sqe* sqe = this->ctx->get_sqe();
+    static_cast<Derived*>(this)->prepare(sqe);
+    this->ctx->arm(sqe, this);
+  }
+};
+
+} // namespace couring::detail

@@ -1,0 +1,40 @@
+#pragma once
+
+// The completion record of one in-flight io_uring request. Its address is the
+// SQE's user_data, so it must stay put (and alive) until its last CQE has been
+// reaped: that is why records live inside awaiters, which live in the awaiting
+// coroutine's frame, and why a frame with a record in flight is never
+// destroyed (DESIGN.md, "Lifetime rules").
+
+#include <coroutine>
+#include <cstdint>
+
+namespace couring {
+class io_context;
+}
+
+namespace couring::detail {
+
+class cancel_scope;
+
+struct operation {
+  // Runs when every CQE the record expects has arrived, and for each
+  // intermediate CQE (IORING_CQE_F_MORE) of a multishot request. A plain
+  // function pointer: one indirect call per completion, no vtable.
+  using completion_fn = void (*)(operation*) noexcept;
+
+  completion_fn on_complete = nullptr;
+  io_context* ctx = nullptr;
+  std::coroutine_handle<> waiter{};
+  cancel_scope* scope = nullptr;
+  int res = 0;                 // cqe->res of the request itself
+  std::uint32_t cqe_flags = 0; // cqe->flags of the request itself
+  int link_timeout_res = 0;    // cqe->res of a linked timeout, when one was attached
+  std::uint32_t outstanding = 0;
+};
+
+// user_data of a linked timeout's CQE: the record's address with the low bit
+// set (records are at least 8-byte aligned), so both CQEs find the same record.
+inline constexpr std::uint64_t link_timeout_tag = 1;
+
+} // namespace couring::detail

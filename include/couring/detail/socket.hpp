@@ -1,0 +1,17 @@
+#pragma once
+
+// Small synchronous socket helpers. None of these block: they set up sockets,
+// the waiting (accept, connect, send, recv) is io_uring's.
+
+#include <couring/endpoint.hpp>
+#include <couring/result.hpp>
+
+namespace couring::detail {
+
+// A new stream socket for family, close-on-exec.
+result<int> open_stream_socket(int family) noexcept;
+result<void> set_socket_flag(int fd, int level, int option, bool on) noexcept;
+result<void> bind_socket(int fd, const endpoint& local) noexcept;
+result<endpoint> socket_name(int fd, bool peer);
+
+} // namespace couring::detail

@@ -1,0 +1,23 @@
+#pragma once
+
+// couring's own error codes, for conditions that have no errno.
+
+#include <string>
+#include <system_error>
+
+namespace couring {
+
+enum class error {
+  end_of_stream = 1, // read_exactly: the peer closed before the buffer was full
+};
+
+const std::error_category& error_category() noexcept;
+
+inline std::error_code make_error_code(error e) noexcept {
+  return {static_cast<int>(e), error_category()};
+}
+
+} // namespace couring
+
+template <>
+struct std::is_error_code_enum<couring::error> : std::true_type {};

@@ -1,0 +1,186 @@
+#pragma once
+
+// task<T>: a lazily started coroutine that produces a T (or throws). Awaiting
+// it starts it by symmetric transfer, and its final suspend transfers straight
+// back to the awaiter, so chains of synchronously completing tasks use constant
+// stack (given a compiler that turns those transfers into tail calls: g++ 12
+// does at -O1 and above, not at -O0 -- see README "Build types").
+
+#include <cassert>
+#include <coroutine>
+#include <exception>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include <couring/detail/cancel_scope.hpp>
+
+namespace couring {
+
+template <class T = void>
+class task;
+
+namespace detail {
+
+// Lets when_all/when_any/with_timeout learn that a child finished without
+// wrapping it in another coroutine frame.
+class join_point {
+public:
+  // Called from the child's final suspend; returns what runs next.
+  virtual std::coroutine_handle<> child_finished() noexcept = 0;
+
+protected:
+  ~join_point() = default;
+};
+
+class promise_base {
+public:
+  struct final_awaiter {
+    bool await_ready() const noexcept { return false; }
+    template <class Promise>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> self) noexcept {
+      promise_base& p = self.promise();
+      if (p.join_ != nullptr)
+        return p.join_->child_finished();
+      return p.continuation_;
+    }
+    void await_resume() const noexcept {}
+  };
+
+  std::suspend_always initial_suspend() const noexcept { return {}; }
+  final_awaiter final_suspend() const noexcept { return {}; }
+
+  void set_continuation(std::coroutine_handle<> c) noexcept { continuation_ = c; }
+  void set_join(join_point* j) noexcept { join_ = j; }
+  cancel_scope* scope() const noexcept { return scope_; }
+  void set_scope(cancel_scope* s) noexcept { scope_ = s; }
+
+private:
+  std::coroutine_handle<> continuation_ = std::noop_coroutine();
+  join_point* join_ = nullptr;
+  cancel_scope* scope_ = nullptr;
+};
+
+// Any coroutine whose promise carries a cancel scope (tasks, the context's
+// spawn wrapper) passes it on to what it awaits.
+template <class Promise>
+cancel_scope* scope_of(std::coroutine_handle<Promise> h) noexcept {
+  if constexpr (std::is_base_of_v<promise_base, Promise>)
+    return h.promise().scope();
+  else
+    return nullptr;
+}
+
+template <class T>
+class task_promise final : public promise_base {
+public:
+  task<T> get_return_object() noexcept;
+  void unhandled_exception() noexcept { storage_.template emplace<2>(std::current_exception()); }
+
+  template <class U = T>
+  requires std::is_convertible_v<U&&, T>
+  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+    storage_.template emplace<1>(std::forward<U>(v));
+  }
+
+  T take_result() {
+    if (storage_.index() == 2)
+      std::rethrow_exception(std::get<2>(storage_));
+    assert(storage_.index() == 1 && "task result taken before the task finished");
+    return std::move(std::get<1>(storage_));
+  }
+
+private:
+  std::variant<std::monostate, T, std::exception_ptr> storage_;
+};
+
+template <>
+class task_promise<void> final : public promise_base {
+public:
+  task<void> get_return_object() noexcept;
+  void unhandled_exception() noexcept { exception_ = std::current_exception(); }
+  void return_void() noexcept {}
+  void take_result() {
+    if (exception_)
+      std::rethrow_exception(exception_);
+  }
+
+private:
+  std::exception_ptr exception_;
+};
+
+} // namespace detail
+
+template <class T>
+class [[nodiscard]] task {
+  static_assert(!std::is_reference_v<T>, "task<T&> is not supported");
+
+public:
+  using promise_type = detail::task_promise<T>;
+  using handle_type = std::coroutine_handle<promise_type>;
+  using value_type = T;
+
+  task() noexcept = default;
+  explicit task(handle_type h) noexcept : handle_(h) {}
+  task(task&& other) noexcept : handle_(std::exchange(other.handle_, {})) {}
+  task& operator=(task&& other) noexcept {
+    if (this != &other) {
+      destroy();
+      handle_ = std::exchange(other.handle_, {});
+    }
+    return *this;
+  }
+  task(const task&) = delete;
+  task& operator=(const task&) = delete;
+  ~task() { destroy(); }
+
+  bool valid() const noexcept { return static_cast<bool>(handle_); }
+
+  class awaiter {
+  public:
+    explicit awaiter(handle_type h) noexcept : handle_(h) {}
+    bool await_ready() const noexcept {
+      assert(handle_ && "co_await on an empty (moved-from) task");
+      return false;
+    }
+    template <class Promise>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> awaiting) noexcept {
+      auto& p = handle_.promise();
+      p.set_continuation(awaiting);
+      p.set_scope(detail::scope_of(awaiting));
+      return handle_;
+    }
+    T await_resume() { return handle_.promise().take_result(); }
+
+  private:
+    handle_type handle_;
+  };
+
+  awaiter operator co_await() & noexcept { return awaiter{handle_}; }
+  awaiter operator co_await() && noexcept { return awaiter{handle_}; }
+
+  // For the runtime (io_context, combinators): not part of the user API.
+  handle_type handle() const noexcept { return handle_; }
+
+private:
+  void destroy() noexcept {
+    if (handle_) {
+      handle_.destroy();
+      handle_ = {};
+    }
+  }
+
+  handle_type handle_;
+};
+
+namespace detail {
+template <class T>
+task<T> task_promise<T>::get_return_object() noexcept {
+  return task<T>{std::coroutine_handle<task_promise<T>>::from_promise(*this)};
+}
+inline task<void> task_promise<void>::get_return_object() noexcept {
+  return task<void>{std::coroutine_handle<task_promise<void>>::from_promise(*this)};
+}
+} // namespace detail
+
+} // namespace couring

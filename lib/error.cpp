@@ -1,0 +1,24 @@
+#include <couring/error.hpp>
+
+namespace couring {
+
+namespace {
+class couring_category final : public std::error_category {
+public:
+  const char* name() const noexcept override { return "couring"; }
+  std::string message(int value) const override {
+    switch (static_cast<error>(value)) {
+    case error::end_of_stream:
+      return "end of stream before the requested number of bytes";
+    }
+    return "unknown couring error";
+  }
+};
+} // namespace
+
+const std::error_category& error_category() noexcept {
+  static const couring_category category;
+  return category;
+}
+
+} // namespace couring

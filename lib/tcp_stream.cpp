@@ -1,0 +1,60 @@
+#include <couring/tcp_stream.hpp>
+
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <couring/detail/socket.hpp>
+
+namespace couring {
+
+task<result<tcp_stream>> tcp_stream::connect(io_context& ctx, const endpoint& remote,
+                                             connect_options options) {
+  // remote is a reference into the caller's frame, which outlives this task
+  // (it awaits it), but copy it anyway: callers pass temporaries.
+  const endpoint to = remote;
+  auto fd = detail::open_stream_socket(to.family());
+  if (!fd)
+    co_return fd.error();
+  tcp_stream stream(ctx, *fd); // owns the socket from here on, also on errors
+
+  if (options.local) {
+    if (options.reuse_address) {
+      if (auto r = detail::set_socket_flag(*fd, SOL_SOCKET, SO_REUSEADDR, true); !r)
+        co_return r.error();
+    }
+    if (auto r = detail::bind_socket(*fd, *options.local); !r)
+      co_return r.error();
+  }
+  if (options.no_delay) {
+    if (auto r = detail::set_socket_flag(*fd, IPPROTO_TCP, TCP_NODELAY, true); !r)
+      co_return r.error();
+  }
+  auto connected = co_await connect_awaitable(ctx, *fd, to);
+  if (!connected)
+    co_return connected.error();
+  co_return std::move(stream);
+}
+
+result<void> tcp_stream::shutdown_write() noexcept {
+  if (::shutdown(fd_, SHUT_WR) != 0)
+    return std::error_code(errno, std::system_category());
+  return {};
+}
+
+void tcp_stream::close() noexcept {
+  if (fd_ >= 0)
+    ctx_->close_fd(std::exchange(fd_, -1));
+}
+
+result<endpoint> tcp_stream::local_endpoint() const {
+  return detail::socket_name(fd_, false);
+}
+result<endpoint> tcp_stream::remote_endpoint() const {
+  return detail::socket_name(fd_, true);
+}
+
+result<void> tcp_stream::set_no_delay(bool on) noexcept {
+  return detail::set_socket_flag(fd_, IPPROTO_TCP, TCP_NODELAY, on);
+}
+
+} // namespace couring

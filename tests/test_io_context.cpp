@@ -1,0 +1,244 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+
+#include <sys/socket.h>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+using couring::io_context;
+using couring::task;
+
+namespace {
+
+task<int> nops(io_context& ctx, int n) {
+  int ok = 0;
+  for (int i = 0; i < n; ++i)
+    ok += (co_await couring::nop(ctx)).has_value() ? 1 : 0;
+  co_return ok;
+}
+
+// A stream whose peer never writes: a read on it stays in flight until
+// cancelled, which is what a test of stop/teardown needs.
+struct idle_pair {
+  couring::tcp_stream mine;
+  int peer = -1;
+  explicit idle_pair(io_context& ctx) {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    mine = couring::tcp_stream(ctx, fds[0]);
+    peer = fds[1];
+  }
+  ~idle_pair() { ::close(peer); }
+};
+
+struct never_resumes {
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<>) const noexcept {}
+  void await_resume() const noexcept {}
+};
+
+} // namespace
+
+TEST_CASE("the ring is set up with the flags this kernel supports") {
+  io_context ctx;
+  const auto& f = ctx.features();
+  CHECK(f.sq_entries >= 256);
+  CHECK(f.cq_entries > f.sq_entries); // a CQ larger than the SQ
+  // Kernel 6.x accepts all of them; older kernels get fewer, never an error.
+  INFO("setup flags: " << f.setup_flags);
+  CHECK((f.setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0);
+  CHECK((f.setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0);
+  CHECK((f.setup_flags & IORING_SETUP_SUBMIT_ALL) != 0);
+}
+
+TEST_CASE("operations complete through the ring") {
+  io_context ctx;
+  CHECK(ctx.run(nops(ctx, 1000)) == 1000);
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("a full submission queue neither loses nor crashes an operation") {
+  // 8 SQ slots, 2,000 operations prepared in one loop turn.
+  io_context ctx({.sq_entries = 8});
+  std::atomic<int> done{0};
+  auto one = [&](io_context& c) -> task<void> {
+    auto r = co_await couring::nop(c);
+    if (r)
+      ++done;
+  };
+  for (int i = 0; i < 2000; ++i)
+    ctx.spawn(one(ctx));
+  ctx.run();
+  CHECK(done == 2000);
+}
+
+TEST_CASE("many ready operations share one io_uring_enter") {
+  io_context ctx;
+  constexpr int tasks = 64, rounds = 100;
+  for (int i = 0; i < tasks; ++i) {
+    auto body = [](io_context& c) -> task<void> {
+      (void)co_await nops(c, rounds);
+    };
+    ctx.spawn(body(ctx));
+  }
+  const auto before = ctx.enter_count();
+  ctx.run();
+  const auto enters = ctx.enter_count() - before;
+  INFO("io_uring_enter calls for " << tasks * rounds << " operations: " << enters);
+  // One enter per loop turn: about `rounds` turns, far from one per operation.
+  CHECK(enters <= 3 * rounds);
+}
+
+TEST_CASE("spawned tasks all run, and run() returns when none is left") {
+  io_context ctx;
+  int finished = 0;
+  auto body = [&](io_context& c, int n) -> task<void> {
+    (void)co_await nops(c, n);
+    ++finished;
+  };
+  for (int i = 0; i < 50; ++i)
+    ctx.spawn(body(ctx, i % 7));
+  ctx.run();
+  CHECK(finished == 50);
+  ctx.run(); // nothing left: returns at once
+}
+
+TEST_CASE("an exception escaping a spawned task is rethrown by run()") {
+  io_context ctx;
+  auto bad = [](io_context& c) -> task<void> {
+    (void)co_await couring::nop(c);
+    throw std::runtime_error("spawned failure");
+  };
+  ctx.spawn(bad(ctx));
+  CHECK_THROWS_WITH(ctx.run(), "spawned failure");
+}
+
+TEST_CASE("a spawned exception during run(task) cancels the root and is rethrown") {
+  io_context ctx;
+  idle_pair pair(ctx);
+  auto bad = [](io_context& c) -> task<void> {
+    (void)co_await couring::nop(c);
+    throw std::runtime_error("spawned failure");
+  };
+  std::error_code root_saw;
+  auto root = [&]() -> task<void> {
+    std::byte b[1];
+    auto r = co_await pair.mine.read(b); // would wait forever
+    root_saw = r.error();
+  };
+  ctx.spawn(bad(ctx));
+  CHECK_THROWS_WITH(ctx.run(root()), "spawned failure");
+  CHECK(root_saw == std::errc::operation_canceled);
+}
+
+TEST_CASE("stop() from a task ends run() with work still pending") {
+  io_context ctx;
+  idle_pair pair(ctx);
+  bool read_returned = false;
+  auto reader = [&]() -> task<void> {
+    std::byte b[1];
+    (void)co_await pair.mine.read(b);
+    read_returned = true;
+  };
+  auto stopper = [&]() -> task<void> {
+    (void)co_await couring::nop(ctx);
+    ctx.stop();
+  };
+  ctx.spawn(reader());
+  ctx.spawn(stopper());
+  ctx.run();
+  CHECK_FALSE(read_returned);
+  CHECK(ctx.pending_operations() == 1);
+  // The context's destructor cancels the read and destroys the reader's frame.
+}
+
+TEST_CASE("stop() from another thread wakes a blocked run()") {
+  io_context ctx;
+  idle_pair pair(ctx);
+  auto reader = [&]() -> task<void> {
+    std::byte b[1];
+    (void)co_await pair.mine.read(b);
+  };
+  ctx.spawn(reader());
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ctx.stop();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  ctx.run();
+  stopper.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+}
+
+TEST_CASE("a task suspended with nothing in flight is reported, not hung") {
+  io_context ctx;
+  auto stuck = []() -> task<void> {
+    co_await never_resumes{};
+  };
+  CHECK_THROWS_AS(ctx.run(stuck()), std::logic_error);
+}
+
+TEST_CASE("run from another thread or from inside run is refused") {
+  io_context ctx;
+  bool refused = false;
+  std::thread other([&] {
+    try {
+      ctx.run();
+    } catch (const std::logic_error&) {
+      refused = true;
+    }
+  });
+  other.join();
+  CHECK(refused);
+  auto reentrant = [&]() -> task<void> {
+    ctx.run();
+    co_return;
+  };
+  CHECK_THROWS_AS(ctx.run(reentrant()), std::logic_error);
+}
+
+TEST_CASE("destroying the context cancels pending operations and frees spawned frames") {
+  struct frame_probe {
+    int* alive;
+    explicit frame_probe(int* a) : alive(a) { ++*alive; }
+    ~frame_probe() { --*alive; }
+  };
+  int alive = 0;
+  int peers[64];
+  {
+    io_context ctx;
+    for (int i = 0; i < 64; ++i) {
+      int fds[2];
+      REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+      peers[i] = fds[1];
+      auto reader = [](io_context& c, int fd, int* a) -> task<void> {
+        frame_probe probe(a);
+        couring::tcp_stream s(c, fd);
+        std::byte b[16];
+        (void)co_await s.read(b);
+      };
+      ctx.spawn(reader(ctx, fds[0], &alive));
+    }
+    auto stopper = [&]() -> task<void> {
+      (void)co_await couring::nop(ctx);
+      ctx.stop();
+    };
+    ctx.spawn(stopper());
+    ctx.run();
+    CHECK(alive == 64);
+    CHECK(ctx.pending_operations() == 64);
+  }
+  CHECK(alive == 0);
+  for (int fd : peers) {
+    // Each reader's socket was closed when its frame was destroyed.
+    char c;
+    CHECK(::recv(fd, &c, 1, MSG_DONTWAIT) == 0);
+    ::close(fd);
+  }
+}
