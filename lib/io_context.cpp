@@ -135,6 +135,8 @@ std::string describe_setup_failure(int err, int io_uring_disabled, unsigned long
 
 namespace {
 
+thread_local io_context* current_context = nullptr;
+
 // Flags we would like, in the order we give them up when the kernel refuses.
 // DEFER_TASKRUN needs SINGLE_ISSUER, so it goes first.
 constexpr unsigned wanted_flags[] = {
@@ -240,6 +242,36 @@ void io_context::on_wakeup(detail::operation* op) noexcept {
     // Without a wake-up read, stop() from another thread waits for the next
     // completion instead; not worth dying for.
   }
+}
+
+io_context* io_context::current() noexcept { return current_context; }
+
+void io_context::request_cancel(detail::cancel_scope* scope) noexcept {
+  if (std::this_thread::get_id() == owner_) {
+    scope->cancel(ECANCELED);
+    return;
+  }
+  {
+    std::lock_guard lock(remote_mutex_);
+    remote_cancels_.push_back(scope);
+  }
+  remote_pending_.store(true, std::memory_order_release);
+  std::uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+}
+
+void io_context::forget_cancel(detail::cancel_scope* scope) noexcept {
+  std::lock_guard lock(remote_mutex_);
+  std::erase(remote_cancels_, scope);
+}
+
+void io_context::process_remote_cancels() noexcept {
+  if (!remote_pending_.exchange(false, std::memory_order_acquire))
+    return;
+  std::lock_guard lock(remote_mutex_);
+  for (detail::cancel_scope* scope : remote_cancels_)
+    scope->cancel(ECANCELED);
+  remote_cancels_.clear();
 }
 
 void io_context::stop() noexcept {
@@ -361,20 +393,24 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
   if (running_)
     throw std::logic_error("couring: io_context::run called from inside run");
   running_ = true;
+  io_context* const outer = std::exchange(current_context, this);
   struct running_guard {
     io_context* self;
+    io_context* outer;
     ~running_guard() {
+      current_context = outer;
       self->running_ = false;
       self->flush_closes();
       self->submit_pending();
     }
-  } guard{this};
+  } guard{this, outer};
 
   bool root_cancelled = false;
   if (root)
     root.resume();
   for (;;) {
     run_ready();
+    process_remote_cancels();
     const bool stop = stop_requested_.load(std::memory_order_acquire);
     if (root) {
       if (root.done())

@@ -52,3 +52,78 @@ inline void raise_fd_limit() {
 }
 
 } // namespace test_support
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace test_support {
+
+// Sanitizer builds run slower; timing bounds in tests scale with this.
+inline double time_scale() {
+  const char* s = std::getenv("COURING_TEST_TIME_SCALE");
+  return s != nullptr ? std::atof(s) : 1.0;
+}
+
+inline std::chrono::milliseconds scaled(std::chrono::milliseconds ms) {
+  return std::chrono::milliseconds(static_cast<long>(static_cast<double>(ms.count()) * time_scale()));
+}
+
+inline std::size_t open_fd_count() {
+  std::size_t n = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.')
+        ++n;
+    closedir(d);
+  }
+  return n - 1; // the directory stream itself
+}
+
+// Read buffers whose memory outlives the frames that use them. When a frame
+// is done with its buffer, the buffer is filled with a canary and made
+// read-only. ASan cannot see the kernel write into freed memory; this can: a
+// request still in flight after its frame was destroyed would overwrite the
+// canary (or fail with EFAULT), and check() finds it.
+class canary_pool {
+public:
+  static constexpr std::size_t slot_size = 4096;
+  static constexpr std::byte canary{0xA5};
+
+  explicit canary_pool(std::size_t slots) : slots_(slots) {
+    base_ = static_cast<std::byte*>(mmap(nullptr, slots * slot_size, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (base_ == MAP_FAILED)
+      throw std::bad_alloc();
+  }
+  ~canary_pool() { munmap(base_, slots_ * slot_size); }
+
+  std::span<std::byte> slot(std::size_t i) { return {base_ + i * slot_size, slot_size}; }
+
+  // The frame using slot i is gone: from now on nothing may write there.
+  void retire(std::size_t i) {
+    std::memset(base_ + i * slot_size, static_cast<int>(canary), slot_size);
+    mprotect(base_ + i * slot_size, slot_size, PROT_READ);
+  }
+
+  // Number of retired slots whose canary was disturbed.
+  std::size_t damaged(std::size_t retired_count) const {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < retired_count; ++i)
+      for (std::size_t j = 0; j < slot_size; ++j)
+        if (base_[i * slot_size + j] != canary) {
+          ++bad;
+          break;
+        }
+    return bad;
+  }
+
+private:
+  std::byte* base_;
+  std::size_t slots_;
+};
+
+} // namespace test_support

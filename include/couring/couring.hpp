@@ -8,6 +8,10 @@
 #include <couring/nop.hpp>
 #include <couring/result.hpp>
 #include <couring/sleep.hpp>
+#include <couring/stop.hpp>
 #include <couring/task.hpp>
 #include <couring/tcp_listener.hpp>
 #include <couring/tcp_stream.hpp>
+#include <couring/timeout.hpp>
+#include <couring/when_all.hpp>
+#include <couring/when_any.hpp>

@@ -11,6 +11,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -84,6 +85,15 @@ public:
 
   const io_context_features& features() const noexcept { return features_; }
 
+  // The context whose run() is executing on this thread, or nullptr.
+  static io_context* current() noexcept;
+
+  // Cancels scope from any thread: directly on the loop's own thread,
+  // otherwise through a queue the loop drains after waking up.
+  void request_cancel(detail::cancel_scope* scope) noexcept;
+  // Drops a queued request for scope (its owner is going away).
+  void forget_cancel(detail::cancel_scope* scope) noexcept;
+
   // Operations in flight (requests whose final CQE has not been reaped).
   std::size_t pending_operations() const noexcept { return pending_ - internal_pending_; }
   // Number of io_uring_enter calls made so far (for tests and benchmarks).
@@ -134,6 +144,7 @@ private:
   void cancel_everything_and_drain() noexcept;
   void submit_pending() noexcept;
   void flush_closes() noexcept;
+  void process_remote_cancels() noexcept;
 
   io_uring ring_{};
   io_context_features features_{};
@@ -160,6 +171,9 @@ private:
   std::uint64_t wake_buffer_ = 0;
   detail::operation wake_op_{};
   std::atomic<bool> stop_requested_{false};
+  std::mutex remote_mutex_;
+  std::vector<detail::cancel_scope*> remote_cancels_;
+  std::atomic<bool> remote_pending_{false};
 };
 
 } // namespace couring

@@ -93,6 +93,7 @@ public:
     using base = detail::io_awaitable<transfer_all_awaitable<Sending>>;
 
   public:
+    static constexpr bool single_request = false;
     using span_type = std::conditional_t<Sending, std::span<const std::byte>, std::span<std::byte>>;
     transfer_all_awaitable(io_context& ctx, int fd, span_type buf) noexcept
         : base(ctx), fd_(fd), buf_(buf) {

@@ -29,6 +29,10 @@ inline void resume_waiter(operation* op) noexcept {
 template <class Derived>
 class io_awaitable : public operation {
 public:
+  // One SQE per await (with_timeout can link a timeout to it). Compound
+  // operations that re-arm from their completion say false.
+  static constexpr bool single_request = true;
+
   explicit io_awaitable(io_context& ctx) noexcept {
     this->ctx = &ctx;
     this->on_complete = &resume_waiter;
@@ -47,14 +51,26 @@ public:
 
   // Prepares and arms the request; false when it completed without being
   // submitted (its scope was already cancelled), and the caller goes on.
-  bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+  // With link_timeout, an IORING_OP_LINK_TIMEOUT follows the request in the
+  // ring (with_timeout): one more SQE, no extra wake-up.
+  bool start(std::coroutine_handle<> awaiting, cancel_scope* s,
+             __kernel_timespec* link_timeout = nullptr) {
     this->scope = s;
+    this->link_timeout_res = 0;
     if (s != nullptr && s->cancelled()) {
       this->res = -ECANCELED;
       return false;
     }
     this->waiter = awaiting;
-    submit();
+    if (link_timeout != nullptr) {
+      this->ctx->reserve_sqes(2);
+      io_uring_sqe* sqe = this->ctx->get_sqe();
+      static_cast<Derived*>(this)->prepare(sqe);
+      this->ctx->arm(sqe, this);
+      this->ctx->arm_link_timeout(sqe, this, link_timeout);
+    } else {
+      submit();
+    }
     if (s != nullptr)
       s->set_current(this);
     return true;

@@ -1,0 +1,630 @@
+// loadgen: closed-loop TCP ping-pong load generator for the echo server benchmarks.
+//
+// Opens N connections to 127.0.0.1:PORT (never any other host), then each connection
+// repeatedly sends one SIZE-byte message, waits for the SIZE echoed bytes, checks every
+// byte against what it sent and records the round-trip latency. Single thread, epoll,
+// non-blocking sockets. The measurement window starts after the warmup; with
+// --server-pid the server's CPU time (utime + stime of all its threads, from
+// /proc/PID/stat) is sampled at both ends of the window.
+//
+//   loadgen --port P [--connections N] [--size BYTES] [--duration S] [--warmup S]
+//           [--json FILE] [--server-pid PID]
+//
+// Exit status: 0 on success, 1 if any error occurred or no round trip completed in the
+// window, 2 on bad usage.
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <memory>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <vector>
+
+namespace {
+
+constexpr const char* kHost = "127.0.0.1";
+constexpr double kConnectTimeoutSeconds = 10.0;
+constexpr std::size_t kMaxSize = 64u << 20;
+
+[[noreturn]] void usage(const char* msg) {
+  if (msg != nullptr)
+    std::fprintf(stderr, "loadgen: %s\n", msg);
+  std::fprintf(stderr,
+               "usage: loadgen --port P [--connections N] [--size BYTES] [--duration SECONDS]\n"
+               "               [--warmup SECONDS] [--json FILE] [--server-pid PID]\n"
+               "Always connects to %s.\n",
+               kHost);
+  std::exit(2);
+}
+
+struct Options {
+  int port = -1;
+  int connections = 1;
+  std::size_t size = 64;
+  double duration = 3.0;
+  double warmup = 0.5;
+  std::string json;
+  long server_pid = -1;
+};
+
+long parse_long(std::string_view name, const std::string& v, long lo, long hi) {
+  char* end = nullptr;
+  errno = 0;
+  long x = std::strtol(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno != 0 || x < lo || x > hi) {
+    std::string m = "invalid value for " + std::string(name) + ": '" + v + "'";
+    usage(m.c_str());
+  }
+  return x;
+}
+
+double parse_double(std::string_view name, const std::string& v, double lo, double hi) {
+  char* end = nullptr;
+  errno = 0;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || errno != 0 || !std::isfinite(x) || x < lo || x > hi) {
+    std::string m = "invalid value for " + std::string(name) + ": '" + v + "'";
+    usage(m.c_str());
+  }
+  return x;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help")
+      usage(nullptr);
+    std::string value;
+    if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg.resize(eq);
+    } else {
+      if (i + 1 >= argc) {
+        std::string m = "missing value for " + arg;
+        usage(m.c_str());
+      }
+      value = argv[++i];
+    }
+    if (arg == "--port")
+      o.port = static_cast<int>(parse_long(arg, value, 1, 65535));
+    else if (arg == "--host") {
+      if (value != kHost) {
+        std::fprintf(stderr, "loadgen: refusing host '%s': only %s is allowed\n", value.c_str(),
+                     kHost);
+        std::exit(2);
+      }
+    } else if (arg == "--connections")
+      o.connections = static_cast<int>(parse_long(arg, value, 1, 1000000));
+    else if (arg == "--size")
+      o.size = static_cast<std::size_t>(parse_long(arg, value, 1, kMaxSize));
+    else if (arg == "--duration")
+      o.duration = parse_double(arg, value, 0.001, 86400);
+    else if (arg == "--warmup")
+      o.warmup = parse_double(arg, value, 0, 86400);
+    else if (arg == "--json")
+      o.json = value;
+    else if (arg == "--server-pid")
+      o.server_pid = parse_long(arg, value, 1, 1L << 30);
+    else {
+      std::string m = "unknown option " + arg;
+      usage(m.c_str());
+    }
+  }
+  if (o.port < 0)
+    usage("--port is required");
+  return o;
+}
+
+std::int64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// utime + stime of the whole process (all threads, live and exited), in seconds.
+std::optional<double> process_cpu_seconds(long pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return std::nullopt;
+  char buf[4096];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return std::nullopt;
+  buf[n] = '\0';
+  // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+  char* p = std::strrchr(buf, ')');
+  if (p == nullptr)
+    return std::nullopt;
+  ++p;
+  // Fields after the name: 3 state, 4 ppid, ... 14 utime, 15 stime.
+  unsigned long long utime = 0, stime = 0;
+  int field = 3;
+  char* save = nullptr;
+  for (char* tok = strtok_r(p, " ", &save); tok != nullptr; tok = strtok_r(nullptr, " ", &save)) {
+    if (field == 14)
+      utime = std::strtoull(tok, nullptr, 10);
+    else if (field == 15) {
+      stime = std::strtoull(tok, nullptr, 10);
+      long hz = sysconf(_SC_CLK_TCK);
+      return static_cast<double>(utime + stime) / static_cast<double>(hz > 0 ? hz : 100);
+    }
+    ++field;
+  }
+  return std::nullopt;
+}
+
+// Content of byte `pos` of message `seq` on connection `conn`: a splitmix64 stream keyed by
+// (conn, seq), so a byte echoed at the wrong position, on the wrong connection or from an
+// earlier message does not match.
+void fill_pattern(std::uint8_t* buf, std::size_t size, std::uint32_t conn, std::uint64_t seq) {
+  std::uint64_t state = (static_cast<std::uint64_t>(conn) << 40) ^ (seq * 0xD1B54A32D192ED03ull);
+  std::size_t i = 0;
+  while (i < size) {
+    state += 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    std::size_t k = std::min<std::size_t>(8, size - i);
+    std::memcpy(buf + i, &z, k);
+    i += k;
+  }
+}
+
+struct Conn {
+  int fd = -1;
+  std::uint32_t id = 0;
+  bool alive = false;
+  bool want_out = false; // EPOLLOUT is in the interest set
+  std::uint64_t seq = 0;
+  std::size_t sent = 0;
+  std::size_t received = 0;
+  std::int64_t started_ns = 0;
+  std::uint8_t* sbuf = nullptr;
+  std::uint8_t* rbuf = nullptr;
+};
+
+struct Stats {
+  std::uint64_t round_trips = 0; // verified round trips completed inside the window
+  std::uint64_t errors = 0;      // connection errors + corrupted round trips
+  std::uint64_t byte_errors = 0; // mismatching bytes
+  std::uint64_t corrupt_round_trips = 0;
+  std::vector<std::uint32_t> latencies_ns; // of the round trips inside the window
+};
+
+class Loadgen {
+public:
+  Loadgen(const Options& o) : opt_(o) {}
+
+  int run();
+
+private:
+  bool connect_all();
+  void start_round(Conn& c, std::int64_t now);
+  void on_event(Conn& c, std::uint32_t events);
+  void do_send(Conn& c);
+  void do_recv(Conn& c);
+  void complete_round(Conn& c);
+  void fail(Conn& c, const char* what, int err);
+  void set_interest(Conn& c, bool want_out);
+
+  Options opt_;
+  int ep_ = -1;
+  std::vector<Conn> conns_;
+  std::unique_ptr<std::uint8_t[]> buffers_;
+  std::size_t live_ = 0;
+  bool measuring_ = false;
+  Stats st_;
+  unsigned reported_failures_ = 0;
+};
+
+void Loadgen::fail(Conn& c, const char* what, int err) {
+  ++st_.errors;
+  if (reported_failures_ < 5) {
+    ++reported_failures_;
+    std::fprintf(stderr, "loadgen: connection %u: %s: %s\n", c.id, what,
+                 err != 0 ? std::strerror(err) : "unexpected end of stream");
+  }
+  if (c.fd >= 0) {
+    epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr);
+    close(c.fd);
+  }
+  c.fd = -1;
+  if (c.alive) {
+    c.alive = false;
+    --live_;
+  }
+}
+
+void Loadgen::set_interest(Conn& c, bool want_out) {
+  if (c.want_out == want_out)
+    return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (want_out ? EPOLLOUT : 0u);
+  ev.data.u32 = c.id;
+  if (epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev) != 0) {
+    fail(c, "epoll_ctl", errno);
+    return;
+  }
+  c.want_out = want_out;
+}
+
+bool Loadgen::connect_all() {
+  const int n = opt_.connections;
+  conns_.resize(static_cast<std::size_t>(n));
+  buffers_ = std::make_unique<std::uint8_t[]>(2 * opt_.size * static_cast<std::size_t>(n));
+
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(opt_.port));
+  if (inet_pton(AF_INET, kHost, &addr.sin_addr) != 1)
+    return false;
+
+  std::size_t pending = 0;
+  for (int i = 0; i < n; ++i) {
+    Conn& c = conns_[static_cast<std::size_t>(i)];
+    c.id = static_cast<std::uint32_t>(i);
+    c.sbuf = buffers_.get() + 2 * opt_.size * static_cast<std::size_t>(i);
+    c.rbuf = c.sbuf + opt_.size;
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c.fd < 0) {
+      fail(c, "socket", errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c.alive = true;
+    ++live_;
+    if (connect(c.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 &&
+        errno != EINPROGRESS) {
+      fail(c, "connect", errno);
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLOUT;
+    ev.data.u32 = c.id;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev) != 0) {
+      fail(c, "epoll_ctl", errno);
+      continue;
+    }
+    c.want_out = true;
+    ++pending;
+  }
+
+  // Wait for every connect to finish (or fail), bounded in time.
+  const std::int64_t deadline = now_ns() + static_cast<std::int64_t>(kConnectTimeoutSeconds * 1e9);
+  std::vector<epoll_event> evs(1024);
+  std::vector<bool> done(static_cast<std::size_t>(n), false);
+  while (pending > 0) {
+    std::int64_t left = deadline - now_ns();
+    if (left <= 0)
+      break;
+    int k = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()),
+                       static_cast<int>(left / 1'000'000 + 1));
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      std::perror("loadgen: epoll_wait");
+      return false;
+    }
+    for (int j = 0; j < k; ++j) {
+      Conn& c = conns_[evs[static_cast<std::size_t>(j)].data.u32];
+      if (!c.alive || done[c.id])
+        continue;
+      done[c.id] = true;
+      --pending;
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+      if (err != 0) {
+        fail(c, "connect", err);
+        continue;
+      }
+      set_interest(c, false);
+    }
+  }
+  for (Conn& c : conns_) {
+    if (c.alive && !done[c.id])
+      fail(c, "connect", ETIMEDOUT);
+  }
+  return true;
+}
+
+void Loadgen::start_round(Conn& c, std::int64_t now) {
+  ++c.seq;
+  fill_pattern(c.sbuf, opt_.size, c.id, c.seq);
+  c.sent = 0;
+  c.received = 0;
+  c.started_ns = now;
+  do_send(c);
+}
+
+void Loadgen::do_send(Conn& c) {
+  while (c.sent < opt_.size) {
+    ssize_t r = send(c.fd, c.sbuf + c.sent, opt_.size - c.sent, MSG_NOSIGNAL);
+    if (r > 0) {
+      c.sent += static_cast<std::size_t>(r);
+      continue;
+    }
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      set_interest(c, true);
+      return;
+    }
+    fail(c, "send", r < 0 ? errno : EPIPE);
+    return;
+  }
+  set_interest(c, false);
+}
+
+void Loadgen::complete_round(Conn& c) {
+  const std::int64_t now = now_ns();
+  bool ok = std::memcmp(c.sbuf, c.rbuf, opt_.size) == 0;
+  if (!ok) {
+    std::uint64_t bad = 0;
+    for (std::size_t i = 0; i < opt_.size; ++i)
+      bad += c.sbuf[i] != c.rbuf[i];
+    st_.byte_errors += bad;
+    ++st_.corrupt_round_trips;
+    ++st_.errors;
+    if (reported_failures_ < 5) {
+      ++reported_failures_;
+      std::fprintf(stderr,
+                   "loadgen: connection %u message %" PRIu64 ": %" PRIu64
+                   " of %zu echoed bytes differ\n",
+                   c.id, c.seq, bad, opt_.size);
+    }
+  }
+  if (measuring_ && ok) {
+    ++st_.round_trips;
+    std::int64_t lat = now - c.started_ns;
+    st_.latencies_ns.push_back(
+        static_cast<std::uint32_t>(std::clamp<std::int64_t>(lat, 0, UINT32_MAX)));
+  }
+  start_round(c, now);
+}
+
+void Loadgen::do_recv(Conn& c) {
+  while (c.alive && c.received < opt_.size) {
+    ssize_t r = recv(c.fd, c.rbuf + c.received, opt_.size - c.received, 0);
+    if (r > 0) {
+      c.received += static_cast<std::size_t>(r);
+      if (c.received > c.sent) {
+        // More bytes came back than were sent so far: not an echo.
+        ++st_.byte_errors;
+        fail(c, "received bytes that were never sent", EPROTO);
+        return;
+      }
+      if (c.received == opt_.size) {
+        complete_round(c);
+        return; // the next echo cannot be there yet; wait for epoll
+      }
+      continue;
+    }
+    if (r == 0) {
+      fail(c, "recv", 0);
+      return;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return;
+    fail(c, "recv", errno);
+    return;
+  }
+}
+
+void Loadgen::on_event(Conn& c, std::uint32_t events) {
+  if (!c.alive)
+    return;
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+    do_recv(c);
+  if (c.alive && (events & EPOLLOUT) && c.sent < opt_.size)
+    do_send(c);
+}
+
+int Loadgen::run() {
+  ep_ = epoll_create1(EPOLL_CLOEXEC);
+  if (ep_ < 0) {
+    std::perror("loadgen: epoll_create1");
+    return 1;
+  }
+  if (!connect_all())
+    return 1;
+  if (live_ == 0) {
+    std::fprintf(stderr, "loadgen: no connection could be established to %s:%d\n", kHost,
+                 opt_.port);
+    return 1;
+  }
+  const std::size_t connected = live_;
+
+  const std::int64_t t0 = now_ns();
+  for (Conn& c : conns_) {
+    if (c.alive)
+      start_round(c, t0);
+  }
+
+  const std::int64_t warm_end = t0 + static_cast<std::int64_t>(opt_.warmup * 1e9);
+  const auto window_ns = static_cast<std::int64_t>(opt_.duration * 1e9);
+  std::int64_t win_start = 0, win_end = 0;
+  std::optional<double> cpu_start, cpu_end;
+  bool server_gone = false;
+  rusage ru_start{}, ru_end{};
+  st_.latencies_ns.reserve(1 << 20);
+
+  std::vector<epoll_event> evs(1024);
+  for (;;) {
+    std::int64_t now = now_ns();
+    if (!measuring_ && now >= warm_end) {
+      measuring_ = true;
+      if (opt_.server_pid > 0)
+        cpu_start = process_cpu_seconds(opt_.server_pid);
+      getrusage(RUSAGE_SELF, &ru_start);
+      win_start = now_ns();
+      now = win_start;
+    }
+    if (measuring_ && now - win_start >= window_ns) {
+      win_end = now;
+      getrusage(RUSAGE_SELF, &ru_end);
+      if (opt_.server_pid > 0)
+        cpu_end = process_cpu_seconds(opt_.server_pid);
+      break;
+    }
+    if (live_ == 0) {
+      win_end = now;
+      if (!measuring_)
+        win_start = now;
+      getrusage(RUSAGE_SELF, &ru_end);
+      break;
+    }
+    std::int64_t deadline = measuring_ ? win_start + window_ns : warm_end;
+    int timeout_ms = static_cast<int>((deadline - now + 999'999) / 1'000'000);
+    int k = epoll_wait(ep_, evs.data(), static_cast<int>(evs.size()), timeout_ms);
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      std::perror("loadgen: epoll_wait");
+      return 1;
+    }
+    for (int j = 0; j < k; ++j) {
+      const epoll_event& ev = evs[static_cast<std::size_t>(j)];
+      on_event(conns_[ev.data.u32], ev.events);
+    }
+  }
+  if (opt_.server_pid > 0 && (!cpu_start || !cpu_end)) {
+    std::fprintf(stderr, "loadgen: cannot read /proc/%ld/stat (server gone?)\n", opt_.server_pid);
+    server_gone = true;
+    ++st_.errors;
+  }
+  for (Conn& c : conns_) {
+    if (c.fd >= 0)
+      close(c.fd);
+    c.fd = -1;
+  }
+  close(ep_);
+
+  // Report.
+  const double secs = static_cast<double>(win_end - win_start) / 1e9;
+  const double rps = secs > 0 ? static_cast<double>(st_.round_trips) / secs : 0.0;
+  auto& lat = st_.latencies_ns;
+  auto percentile_us = [&lat](double q) {
+    if (lat.empty())
+      return 0.0;
+    auto idx = static_cast<std::size_t>(q * static_cast<double>(lat.size() - 1) + 0.5);
+    std::nth_element(lat.begin(), lat.begin() + static_cast<std::ptrdiff_t>(idx), lat.end());
+    return static_cast<double>(lat[idx]) / 1e3;
+  };
+  double mean_us = 0;
+  for (auto v : lat)
+    mean_us += static_cast<double>(v);
+  mean_us = lat.empty() ? 0.0 : mean_us / static_cast<double>(lat.size()) / 1e3;
+  const double p50 = percentile_us(0.50);
+  const double p99 = percentile_us(0.99);
+  const double p999 = percentile_us(0.999);
+  const double max_us =
+      lat.empty() ? 0.0 : static_cast<double>(*std::max_element(lat.begin(), lat.end())) / 1e3;
+  auto tv = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  const double client_cpu =
+      tv(ru_end.ru_utime) + tv(ru_end.ru_stime) - tv(ru_start.ru_utime) - tv(ru_start.ru_stime);
+  const bool have_cpu = opt_.server_pid > 0 && !server_gone;
+  const double server_cpu = have_cpu ? *cpu_end - *cpu_start : 0.0;
+  const double server_cpu_per_rt = have_cpu && st_.round_trips > 0
+                                       ? server_cpu * 1e6 / static_cast<double>(st_.round_trips)
+                                       : 0.0;
+
+  std::printf("connections=%d (%zu connected) size=%zu seconds=%.3f round_trips=%" PRIu64
+              " round_trips_per_sec=%.0f p50_us=%.1f p99_us=%.1f errors=%" PRIu64
+              " byte_errors=%" PRIu64,
+              opt_.connections, connected, opt_.size, secs, st_.round_trips, rps, p50, p99,
+              st_.errors, st_.byte_errors);
+  if (have_cpu)
+    std::printf(" server_cpu_seconds=%.2f server_cpu_us_per_round_trip=%.3f", server_cpu,
+                server_cpu_per_rt);
+  std::printf("\n");
+  std::fflush(stdout);
+
+  if (!opt_.json.empty()) {
+    FILE* f = std::fopen(opt_.json.c_str(), "w");
+    if (f == nullptr) {
+      std::perror("loadgen: cannot write the JSON file");
+      return 1;
+    }
+    std::fprintf(f,
+                 "{\n  \"host\": \"%s\",\n  \"port\": %d,\n  \"connections\": %d,\n"
+                 "  \"connected\": %zu,\n  \"size\": %zu,\n  \"warmup_seconds\": %.3f,\n"
+                 "  \"seconds\": %.6f,\n  \"round_trips\": %" PRIu64
+                 ",\n  \"round_trips_per_sec\": %.1f,\n"
+                 "  \"mean_us\": %.2f,\n  \"p50_us\": %.2f,\n  \"p99_us\": %.2f,\n"
+                 "  \"p999_us\": %.2f,\n  \"max_us\": %.2f,\n  \"errors\": %" PRIu64
+                 ",\n  \"byte_errors\": %" PRIu64 ",\n  \"corrupt_round_trips\": %" PRIu64
+                 ",\n  \"client_cpu_seconds\": %.4f",
+                 kHost, opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
+                 st_.round_trips, rps, mean_us, p50, p99, p999, max_us, st_.errors, st_.byte_errors,
+                 st_.corrupt_round_trips, client_cpu);
+    if (opt_.server_pid > 0) {
+      std::fprintf(f, ",\n  \"server_pid\": %ld", opt_.server_pid);
+      if (have_cpu)
+        std::fprintf(f,
+                     ",\n  \"server_cpu_seconds\": %.4f,\n"
+                     "  \"server_cpu_us_per_round_trip\": %.4f",
+                     server_cpu, server_cpu_per_rt);
+      else
+        std::fprintf(f, ",\n  \"server_cpu_seconds\": null,\n"
+                        "  \"server_cpu_us_per_round_trip\": null");
+    }
+    std::fprintf(f, "\n}\n");
+    if (std::fclose(f) != 0) {
+      std::perror("loadgen: cannot write the JSON file");
+      return 1;
+    }
+  }
+
+  if (st_.errors > 0 || st_.byte_errors > 0 || st_.round_trips == 0)
+    return 1;
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  Options opt = parse_args(argc, argv);
+
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      static_cast<rlim_t>(opt.connections) + 16 > rl.rlim_cur) {
+    std::fprintf(stderr, "loadgen: %d connections exceed the open file limit (%llu)\n",
+                 opt.connections, static_cast<unsigned long long>(rl.rlim_cur));
+    return 2;
+  }
+
+  Loadgen lg(opt);
+  return lg.run();
+}

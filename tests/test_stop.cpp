@@ -1,0 +1,118 @@
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <stop_token>
+#include <thread>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using namespace test_support;
+using couring::io_context;
+using couring::result;
+using couring::task;
+using couring::tcp_listener;
+using couring::tcp_stream;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct connected_pair {
+  tcp_stream client, server;
+};
+
+task<connected_pair> connect_pair(io_context& ctx, tcp_listener& l) {
+  auto c = co_await tcp_stream::connect(ctx, l.local_endpoint());
+  auto s = co_await l.accept();
+  REQUIRE((c && s));
+  co_return connected_pair{std::move(*c), std::move(*s)};
+}
+
+task<result<std::size_t>> nested_read(tcp_stream& s, std::span<std::byte> buf, int depth) {
+  if (depth == 0)
+    co_return co_await s.read(buf);
+  co_return co_await nested_read(s, buf, depth - 1);
+}
+
+} // namespace
+
+TEST_CASE("with_stop_token: a stop requested in the loop cancels a read") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::stop_source source;
+    auto stopper = [&]() -> task<void> {
+      (void)co_await couring::sleep_for(ctx, 20ms);
+      source.request_stop();
+    };
+    ctx.spawn(stopper());
+    std::byte buf[8];
+    auto r = co_await couring::with_stop_token(p.server.read(buf), source.get_token());
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::operation_canceled);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("with_stop_token: a stop from another thread cancels a task deep down") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::stop_source source;
+    std::thread other([&] {
+      std::this_thread::sleep_for(30ms);
+      source.request_stop();
+    });
+    std::byte buf[8];
+    const auto t0 = clock_type::now();
+    auto r = co_await couring::with_stop_token(nested_read(p.server, buf, 5), source.get_token());
+    other.join();
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::operation_canceled);
+    CHECK(clock_type::now() - t0 < scaled(2s));
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("with_stop_token: an already stopped token cancels before submitting") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::stop_source source;
+    source.request_stop();
+    std::byte buf[8];
+    auto r = co_await couring::with_stop_token(p.server.read(buf), source.get_token());
+    CHECK(r.error() == std::errc::operation_canceled);
+    CHECK(ctx.pending_operations() == 0);
+    auto t = co_await couring::with_stop_token(couring::sleep_for(ctx, 10s), source.get_token());
+    CHECK(t.error() == std::errc::operation_canceled);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("with_stop_token: without a stop the result comes through") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::stop_source source;
+    auto w = co_await couring::with_stop_token(p.client.write_all(bytes("heyabc")),
+                                               source.get_token());
+    REQUIRE(w);
+    std::byte buf[3];
+    auto r = co_await couring::with_stop_token(p.server.read_exactly(buf), source.get_token());
+    REQUIRE(r);
+    CHECK(text(buf) == "hey");
+    auto n = co_await couring::with_stop_token(nested_read(p.server, buf, 3), source.get_token());
+    REQUIRE(n);
+    CHECK(text(std::span(buf).first(*n)) == std::string("abc").substr(0, *n));
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}

@@ -1,0 +1,238 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+// co_await never appears inside a Catch2 assertion macro (g++ 12 miscompiles
+// it); results are taken into variables first.
+
+using namespace std::chrono_literals;
+using namespace test_support;
+using couring::endpoint;
+using couring::io_context;
+using couring::result;
+using couring::task;
+using couring::tcp_listener;
+using couring::tcp_stream;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct connected_pair {
+  tcp_stream client, server;
+};
+
+task<connected_pair> connect_pair(io_context& ctx, tcp_listener& l) {
+  auto c = co_await tcp_stream::connect(ctx, l.local_endpoint());
+  auto s = co_await l.accept();
+  REQUIRE((c && s));
+  co_return connected_pair{std::move(*c), std::move(*s)};
+}
+
+// A task that reads through a few levels of tasks, so that cancellation has
+// to find the operation deep down.
+task<result<std::size_t>> deep_read(tcp_stream& s, std::span<std::byte> buf, int depth) {
+  if (depth == 0)
+    co_return co_await s.read(buf);
+  co_return co_await deep_read(s, buf, depth - 1);
+}
+
+// Connections to a listener that never accepts, until the accept queue is
+// full and the next connect hangs (its SYN is dropped).
+struct full_backlog {
+  tcp_listener listener;
+  std::vector<int> fillers;
+  explicit full_backlog(io_context& ctx)
+      : listener(tcp_listener::bind(ctx, endpoint::ipv4_loopback(0), {.backlog = 0}).value()) {
+    const endpoint ep = listener.local_endpoint();
+    for (int i = 0; i < 8; ++i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      ::connect(fd, ep.data(), ep.size());
+      fillers.push_back(fd);
+    }
+    std::this_thread::sleep_for(50ms); // let the handshakes that can finish finish
+  }
+  ~full_backlog() {
+    for (int fd : fillers)
+      ::close(fd);
+  }
+};
+
+} // namespace
+
+TEST_CASE("with_timeout on a read from a silent peer gives timed_out") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::byte buf[16];
+    const auto t0 = clock_type::now();
+    auto r = co_await couring::with_timeout(p.server.read(buf), 50ms);
+    const auto took = clock_type::now() - t0;
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::timed_out);
+    CHECK(took >= 45ms);
+    CHECK(took < scaled(1000ms));
+    // The stream still works afterwards, and no byte was lost.
+    auto w = co_await p.client.write_all(bytes("after"));
+    REQUIRE(w);
+    std::byte got[5];
+    auto rr = co_await couring::with_timeout(p.server.read_exactly(got), 5s);
+    REQUIRE(rr);
+    CHECK(text(got) == "after");
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("with_timeout delivers the result when the operation wins") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    auto w = co_await p.client.write_all(bytes("data"));
+    REQUIRE(w);
+    std::byte buf[16];
+    const auto t0 = clock_type::now();
+    auto r = co_await couring::with_timeout(p.server.read(buf), 10s);
+    REQUIRE(r);
+    CHECK(*r == 4);
+    CHECK(clock_type::now() - t0 < scaled(1s)); // the timer did not hold it up
+    auto s = co_await couring::with_timeout(couring::sleep_for(ctx, 1ms), 10s);
+    CHECK(s.has_value());
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("with_timeout on a task cancels the operation it is suspended on, however deep") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::byte buf[16];
+    const auto t0 = clock_type::now();
+    auto r = co_await couring::with_timeout(deep_read(p.server, buf, 10), 50ms);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::timed_out);
+    CHECK(clock_type::now() - t0 < scaled(1s));
+
+    // A task that finishes first gives its value and leaves no timer behind.
+    auto w = co_await p.client.write_all(bytes("x"));
+    REQUIRE(w);
+    auto ok = co_await couring::with_timeout(deep_read(p.server, buf, 10), 10s);
+    REQUIRE(ok);
+    CHECK(*ok == 1);
+    CHECK(ctx.pending_operations() == 0);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("with_timeout on tasks of other result types") {
+  io_context ctx;
+  auto slow_int = [&]() -> task<int> {
+    (void)co_await couring::sleep_for(ctx, 10s);
+    co_return 1;
+  };
+  auto fast_int = [&]() -> task<int> { co_return 2; };
+  auto slow_void = [&]() -> task<void> { (void)co_await couring::sleep_for(ctx, 10s); };
+  auto body = [&]() -> task<void> {
+    result<int> a = co_await couring::with_timeout(slow_int(), 20ms);
+    CHECK(a.error() == std::errc::timed_out);
+    result<int> b = co_await couring::with_timeout(fast_int(), 1s);
+    REQUIRE(b);
+    CHECK(*b == 2);
+    result<void> c = co_await couring::with_timeout(slow_void(), 20ms);
+    CHECK(c.error() == std::errc::timed_out);
+  };
+  const auto t0 = clock_type::now();
+  ctx.run(body());
+  CHECK(clock_type::now() - t0 < scaled(2s));
+}
+
+TEST_CASE("with_timeout on write_all covers the whole transfer") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    const auto big = pattern(7, 64 << 20); // the peer never reads: cannot all fit
+    auto r = co_await couring::with_timeout(p.client.write_all(big), 100ms);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::timed_out);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("a connect that never completes times out and its socket is closed") {
+  io_context ctx;
+  full_backlog backlog(ctx);
+  const auto fds_before = open_fd_count();
+  auto body = [&]() -> task<void> {
+    const auto t0 = clock_type::now();
+    auto r = co_await couring::with_timeout(
+        tcp_stream::connect(ctx, backlog.listener.local_endpoint()), 100ms);
+    const auto took = clock_type::now() - t0;
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == std::errc::timed_out);
+    CHECK(took >= 95ms);
+    CHECK(took < scaled(150ms));
+  };
+  ctx.run(body());
+  CHECK(open_fd_count() == fds_before); // the connecting socket is gone
+  CHECK(ctx.pending_operations() == 0);
+}
+
+// The peer sends one byte about every millisecond while the reader waits with
+// a 1 ms linked timeout: the read and the timeout race, in both CQE orders.
+// Whatever each read gives, the bytes the reader collects must be exactly the
+// sequence the peer sent.
+TEST_CASE("linked-timeout race: no data lost in either completion order") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  constexpr int messages = 1500;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::thread peer([fd = p.client.native_handle()] {
+      for (int i = 0; i < messages; ++i) {
+        const auto b = static_cast<unsigned char>(i & 0xff);
+        if (::send(fd, &b, 1, MSG_NOSIGNAL) != 1)
+          break; // the reader failed; it reports that itself
+        std::this_thread::sleep_for(std::chrono::microseconds(900 + (i % 7) * 50));
+      }
+      ::shutdown(fd, SHUT_WR);
+    });
+    int received = 0, timeouts = 0, mismatches = 0;
+    for (;;) {
+      std::byte buf[64];
+      auto r = co_await couring::with_timeout(p.server.read(buf), 1ms);
+      if (!r) {
+        REQUIRE(r.error() == std::errc::timed_out);
+        ++timeouts;
+        continue;
+      }
+      if (*r == 0)
+        break;
+      for (std::size_t i = 0; i < *r; ++i, ++received)
+        if (buf[i] != static_cast<std::byte>(received & 0xff))
+          ++mismatches;
+    }
+    peer.join();
+    INFO("timeouts: " << timeouts);
+    CHECK(received == messages);
+    CHECK(mismatches == 0);
+    CHECK(timeouts > 0); // the race really happened
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
