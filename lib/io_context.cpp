@@ -244,7 +244,9 @@ void io_context::on_wakeup(detail::operation* op) noexcept {
   }
 }
 
-io_context* io_context::current() noexcept { return current_context; }
+io_context* io_context::current() noexcept {
+  return current_context;
+}
 
 void io_context::request_cancel(detail::cancel_scope* scope) noexcept {
   if (std::this_thread::get_id() == owner_) {
@@ -325,8 +327,8 @@ void io_context::cancel(detail::operation* op) noexcept {
 void io_context::close_fd(int fd) noexcept {
   if (fd < 0)
     return;
-  if (shutting_down_ || pending_operations() == 0) {
-    ::close(fd); // nothing in flight that could be using it
+  if (shutting_down_) {
+    ::close(fd); // every request has been reaped already
     return;
   }
   // Requests in flight on fd would keep the socket alive (they hold their own

@@ -69,7 +69,8 @@ inline double time_scale() {
 }
 
 inline std::chrono::milliseconds scaled(std::chrono::milliseconds ms) {
-  return std::chrono::milliseconds(static_cast<long>(static_cast<double>(ms.count()) * time_scale()));
+  return std::chrono::milliseconds(
+      static_cast<long>(static_cast<double>(ms.count()) * time_scale()));
 }
 
 inline std::size_t open_fd_count() {

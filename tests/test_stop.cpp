@@ -102,8 +102,8 @@ TEST_CASE("with_stop_token: without a stop the result comes through") {
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
     std::stop_source source;
-    auto w = co_await couring::with_stop_token(p.client.write_all(bytes("heyabc")),
-                                               source.get_token());
+    auto w =
+        co_await couring::with_stop_token(p.client.write_all(bytes("heyabc")), source.get_token());
     REQUIRE(w);
     std::byte buf[3];
     auto r = co_await couring::with_stop_token(p.server.read_exactly(buf), source.get_token());

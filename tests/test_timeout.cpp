@@ -144,8 +144,12 @@ TEST_CASE("with_timeout on tasks of other result types") {
     (void)co_await couring::sleep_for(ctx, 10s);
     co_return 1;
   };
-  auto fast_int = [&]() -> task<int> { co_return 2; };
-  auto slow_void = [&]() -> task<void> { (void)co_await couring::sleep_for(ctx, 10s); };
+  auto fast_int = [&]() -> task<int> {
+    co_return 2;
+  };
+  auto slow_void = [&]() -> task<void> {
+    (void)co_await couring::sleep_for(ctx, 10s);
+  };
   auto body = [&]() -> task<void> {
     result<int> a = co_await couring::with_timeout(slow_int(), 20ms);
     CHECK(a.error() == std::errc::timed_out);

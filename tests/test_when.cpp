@@ -23,7 +23,9 @@ task<int> value_after(io_context& ctx, int v, std::chrono::milliseconds delay) {
   co_return v;
 }
 
-task<std::string> text_now(std::string s) { co_return s; }
+task<std::string> text_now(std::string s) {
+  co_return s;
+}
 
 task<void> throw_after(io_context& ctx, std::chrono::milliseconds delay) {
   (void)co_await couring::sleep_for(ctx, delay);
@@ -43,8 +45,8 @@ TEST_CASE("when_all gives every result, running the tasks concurrently") {
   io_context ctx;
   auto body = [&]() -> task<void> {
     const auto t0 = clock_type::now();
-    auto [a, b, c] = co_await couring::when_all(value_after(ctx, 1, 40ms), value_after(ctx, 2, 40ms),
-                                                text_now("three"));
+    auto [a, b, c] = co_await couring::when_all(value_after(ctx, 1, 40ms),
+                                                value_after(ctx, 2, 40ms), text_now("three"));
     CHECK(a == 1);
     CHECK(b == 2);
     CHECK(c == "three");
@@ -89,7 +91,8 @@ TEST_CASE("when_all rethrows a child's exception after every child finished") {
   bool slow_finished = false;
   auto body = [&]() -> task<std::string> {
     try {
-      (void)co_await couring::when_all(throw_after(ctx, 1ms), watched_sleep(ctx, 50ms, slow_finished));
+      (void)co_await couring::when_all(throw_after(ctx, 1ms),
+                                       watched_sleep(ctx, 50ms, slow_finished));
     } catch (const std::runtime_error& e) {
       co_return e.what();
     }
@@ -120,7 +123,9 @@ TEST_CASE("when_any returns the first, cancels the others, and waits for them") 
 TEST_CASE("when_any: the cancelled losers see operation_canceled") {
   io_context ctx;
   result<void> loser_saw;
-  auto loser = [&]() -> task<void> { loser_saw = co_await couring::sleep_for(ctx, 10s); };
+  auto loser = [&]() -> task<void> {
+    loser_saw = co_await couring::sleep_for(ctx, 10s);
+  };
   auto body = [&]() -> task<void> {
     auto r = co_await couring::when_any(loser(), value_after(ctx, 1, 5ms));
     CHECK(r.index == 1);

@@ -94,8 +94,12 @@ public:
   // Drops a queued request for scope (its owner is going away).
   void forget_cancel(detail::cancel_scope* scope) noexcept;
 
-  // Operations in flight (requests whose final CQE has not been reaped).
-  std::size_t pending_operations() const noexcept { return pending_ - internal_pending_; }
+  // Operations in flight: requests whose final CQE has not been reaped, plus
+  // awaiters parked in a queue of ours (accepts waiting for a connection),
+  // less the context's and listeners' own background requests.
+  std::size_t pending_operations() const noexcept { return pending_ - internal_pending_ + parked_; }
+  // Every request whose final CQE has not been reaped, background ones included.
+  std::size_t submitted_requests() const noexcept { return pending_; }
   // Number of io_uring_enter calls made so far (for tests and benchmarks).
   std::uint64_t enter_count() const noexcept { return enter_count_; }
 
@@ -125,6 +129,13 @@ public:
   // Closes fd after cancelling whatever is still in flight on it.
   void close_fd(int fd) noexcept;
   bool multishot_accept_supported() const noexcept { return multishot_accept_; }
+  // A background request (a listener's multishot accept) does not keep run()
+  // going by itself; a parked awaiter does.
+  void count_internal(int delta) noexcept { internal_pending_ += static_cast<std::size_t>(delta); }
+  void count_parked(int delta) noexcept { parked_ += static_cast<std::size_t>(delta); }
+  // Resumes h on the next loop turn (never inline: the caller may be in the
+  // middle of something, such as a cancellation).
+  void post(std::coroutine_handle<> h) { ready_.push_back(h); }
   // True while the destructor drains the ring: completions must not resume
   // coroutines any more (their frames are about to be destroyed).
   bool shutting_down() const noexcept { return shutting_down_; }
@@ -153,7 +164,8 @@ private:
   bool running_ = false;
   std::thread::id owner_;
   std::size_t pending_ = 0;          // CQEs still expected for user_data != 0
-  std::size_t internal_pending_ = 0; // of which: the context's own wake-up read
+  std::size_t internal_pending_ = 0; // of which: background requests (wake-up read, accepts)
+  std::size_t parked_ = 0;           // awaiters waiting in a queue of ours
   std::uint64_t enter_count_ = 0;
 
   // Detached tasks: started from ready_, tracked so the destructor can

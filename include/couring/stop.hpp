@@ -92,7 +92,7 @@ private:
 } // namespace detail
 
 template <class Op>
-  requires detail::io_operation_awaitable<Op>
+requires detail::io_operation_awaitable<Op>
 [[nodiscard]] detail::stoppable_operation<Op> with_stop_token(Op op, std::stop_token token) {
   return {std::move(op), std::move(token)};
 }

@@ -40,8 +40,7 @@ class linked_timeout_awaitable {
 public:
   using op_result = await_result_t<Op>;
 
-  linked_timeout_awaitable(Op op, std::chrono::nanoseconds timeout) noexcept
-      : op_(std::move(op)) {
+  linked_timeout_awaitable(Op op, std::chrono::nanoseconds timeout) noexcept : op_(std::move(op)) {
     if (timeout.count() < 0)
       timeout = std::chrono::nanoseconds::zero();
     ts_.tv_sec = timeout.count() / 1'000'000'000;
@@ -117,7 +116,7 @@ inline io_context& running_context() {
 } // namespace detail
 
 template <class Rep, class Period, class Op>
-  requires detail::io_operation_awaitable<Op>
+requires detail::io_operation_awaitable<Op>
 [[nodiscard]] auto with_timeout(Op op, std::chrono::duration<Rep, Period> timeout) {
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout);
   if constexpr (Op::single_request) {

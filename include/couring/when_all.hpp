@@ -84,7 +84,7 @@ std::tuple<non_void_t<T>...> take_all(std::tuple<task<T>...>& tasks, std::index_
 template <class... T>
 task<std::tuple<detail::non_void_t<T>...>> when_all(task<T>... tasks) {
   detail::group_awaitable<std::tuple<task<T>...>> group(std::tuple<task<T>...>(std::move(tasks)...),
-                                                         sizeof...(T), false);
+                                                        sizeof...(T), false);
   co_await group;
   co_return detail::take_all(group.tasks(), std::index_sequence_for<T...>{});
 }

@@ -48,7 +48,7 @@ template <class... T>
 task<when_any_result<T...>> when_any(task<T>... tasks) {
   static_assert(sizeof...(T) > 0, "when_any of nothing never finishes");
   detail::group_awaitable<std::tuple<task<T>...>> group(std::tuple<task<T>...>(std::move(tasks)...),
-                                                         sizeof...(T), true);
+                                                        sizeof...(T), true);
   co_await group;
   co_return detail::take_winner<0, T...>(group.tasks(), group.first_finished());
 }

@@ -44,8 +44,12 @@ void cancel_scope::cancel(int reason) noexcept {
   if (reason_ != 0)
     return;
   reason_ = reason;
-  if (current_ != nullptr)
-    current_->ctx->cancel(current_);
+  if (current_ != nullptr) {
+    if (current_->cancel_fn != nullptr)
+      current_->cancel_fn(current_);
+    else
+      current_->ctx->cancel(current_);
+  }
   for (cancel_scope* c = first_child_; c != nullptr; c = c->next_sibling_)
     c->cancel(reason);
 }

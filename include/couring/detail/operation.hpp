@@ -24,6 +24,10 @@ struct operation {
   using completion_fn = void (*)(operation*) noexcept;
 
   completion_fn on_complete = nullptr;
+  // How a cancel scope cancels this record: nullptr means
+  // IORING_OP_ASYNC_CANCEL on its user_data. Records that wait in a queue of
+  // ours rather than in the kernel (accept waiters) provide their own.
+  completion_fn cancel_fn = nullptr;
   io_context* ctx = nullptr;
   std::coroutine_handle<> waiter{};
   cancel_scope* scope = nullptr;

@@ -23,9 +23,7 @@ public:
   // One per child: learns that the child finished and which one it was.
   class child_join final : public join_point {
   public:
-    std::coroutine_handle<> child_finished() noexcept override {
-      return group->finished(index);
-    }
+    std::coroutine_handle<> child_finished() noexcept override { return group->finished(index); }
     task_group* group = nullptr;
     std::size_t index = 0;
     cancel_scope scope;
