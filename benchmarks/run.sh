@@ -119,6 +119,15 @@ wait_listening() { # PORT PID
 
 failed=0
 start_time=$SECONDS
+# Other processes competing for the CPUs make every figure noisy: say so.
+cpu_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
+read -r busy0 idle0 < <(cpu_busy)
+sleep 0.5
+read -r busy1 idle1 < <(cpu_busy)
+busy_pct=$((100 * (busy1 - busy0) / (busy1 - busy0 + idle1 - idle0 + 1)))
+if ((busy_pct > 10)); then
+  echo "WARNING: the CPUs are ${busy_pct}% busy before the runs: figures will be noisy" >&2
+fi
 echo "echo servers on 127.0.0.1: ${duration} s measured + ${warmup} s warmup per run," \
   "server pinned: ${server_pin[*]:-no}, loadgen pinned: ${load_pin[*]:-no}"
 
@@ -272,13 +281,13 @@ if not plots_rps:
 font = "font 'sans,10'" if terminal == "pngcairo" else ""
 print(f"""set terminal {terminal} size 1400,600 noenhanced {font}
 set output '{png}'
-set multiplot layout 1,2 title "Echo servers on 127.0.0.1, closed-loop ping-pong ({float(duration):g} s per point), server on one CPU; solid 64 B, dashed 4096 B"
+set multiplot layout 1,2 margins 0.06,0.98,0.17,0.90 spacing 0.08,0 title "Echo servers on 127.0.0.1, closed-loop ping-pong ({float(duration):g} s per point), server on one CPU; solid 64 B, dashed 4096 B"
 set logscale x
 set xrange [0.7:750]
 set xtics ("1" 1, "50" 50, "500" 500)
 set xlabel 'connections'
 set grid
-set key tmargin center horizontal maxcols 3
+set key at screen 0.5,0.015 center bottom horizontal maxrows 1 width 1
 set yrange [0:*]
 set format y '%.0s%c'
 set ylabel 'round trips / s (higher is better)'
@@ -287,6 +296,7 @@ plot {", ".join(plots_rps)}
 set format y '%g'
 set ylabel 'server CPU µs per round trip (lower is better)'
 set title 'Server CPU time per round trip'
+unset key
 plot {", ".join(plots_cpu)}
 unset multiplot""")
 EOF

@@ -76,31 +76,32 @@ result<endpoint> endpoint::parse(std::string_view text) {
   return ep;
 }
 
+namespace {
+
+endpoint make_v4(in_addr_t host_order_address, std::uint16_t port) {
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(host_order_address);
+  return *endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
+}
+
+} // namespace
+
 endpoint endpoint::ipv4_loopback(std::uint16_t port) noexcept {
-  endpoint ep;
-  auto* sa = reinterpret_cast<sockaddr_in*>(&ep.storage_);
-  sa->sin_family = AF_INET;
-  sa->sin_port = htons(port);
-  sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return ep;
+  return make_v4(INADDR_LOOPBACK, port);
 }
 
 endpoint endpoint::ipv4_any(std::uint16_t port) noexcept {
-  endpoint ep;
-  auto* sa = reinterpret_cast<sockaddr_in*>(&ep.storage_);
-  sa->sin_family = AF_INET;
-  sa->sin_port = htons(port);
-  sa->sin_addr.s_addr = htonl(INADDR_ANY);
-  return ep;
+  return make_v4(INADDR_ANY, port);
 }
 
 endpoint endpoint::ipv6_loopback(std::uint16_t port) noexcept {
-  endpoint ep;
-  auto* sa = reinterpret_cast<sockaddr_in6*>(&ep.storage_);
-  sa->sin6_family = AF_INET6;
-  sa->sin6_port = htons(port);
-  sa->sin6_addr = in6addr_loopback;
-  return ep;
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_port = htons(port);
+  sa.sin6_addr = in6addr_loopback;
+  return *endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&sa), sizeof sa);
 }
 
 result<endpoint> endpoint::from_sockaddr(const sockaddr* addr, socklen_t len) {

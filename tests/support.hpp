@@ -1,5 +1,7 @@
 #pragma once
 
+#include <catch2/catch.hpp>
+
 // Helpers shared by the tests.
 
 #include <cstddef>
@@ -41,6 +43,43 @@ inline std::vector<std::byte> pattern(std::uint64_t seed, std::size_t n) {
 inline couring::tcp_listener loopback_listener(couring::io_context& ctx,
                                                couring::listen_options options = {}) {
   return couring::tcp_listener::bind(ctx, couring::endpoint::ipv4_loopback(0), options).value();
+}
+
+// co_await never goes inside a Catch2 assertion macro: g++ 12 miscompiles a
+// co_await within the macro's try block (the coroutine is never resumed).
+// require_ok(co_await op) checks a result outside of it.
+template <class Result>
+void require_ok(const Result& r) {
+  INFO("error: " << r.error().message());
+  REQUIRE(r.has_value());
+}
+
+inline void require_ok(bool ok) {
+  REQUIRE(ok);
+}
+
+struct connected_pair {
+  couring::tcp_stream client;
+  couring::tcp_stream server;
+};
+
+// A client connected to listener, and the server side of that connection.
+inline couring::task<connected_pair> connect_pair(couring::io_context& ctx,
+                                                  couring::tcp_listener& listener) {
+  auto c = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+  require_ok(c);
+  auto s = co_await listener.accept();
+  require_ok(s);
+  co_return connected_pair{std::move(*c), std::move(*s)};
+}
+
+// A read a few tasks deep, so that cancellation has to find the operation
+// down the chain.
+inline couring::task<couring::result<std::size_t>>
+nested_read(couring::tcp_stream& s, std::span<std::byte> buf, int depth) {
+  if (depth == 0)
+    co_return co_await s.read(buf);
+  co_return co_await nested_read(s, buf, depth - 1);
 }
 
 // Tests with thousands of sockets need more than the usual 1024 descriptors.

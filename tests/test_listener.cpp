@@ -13,8 +13,6 @@
 
 #include "support.hpp"
 
-// co_await never appears inside a Catch2 assertion macro (g++ 12 bug).
-
 using namespace std::chrono_literals;
 using namespace test_support;
 using couring::endpoint;

@@ -17,27 +17,6 @@ using couring::tcp_listener;
 using couring::tcp_stream;
 using clock_type = std::chrono::steady_clock;
 
-namespace {
-
-struct connected_pair {
-  tcp_stream client, server;
-};
-
-task<connected_pair> connect_pair(io_context& ctx, tcp_listener& l) {
-  auto c = co_await tcp_stream::connect(ctx, l.local_endpoint());
-  auto s = co_await l.accept();
-  REQUIRE((c && s));
-  co_return connected_pair{std::move(*c), std::move(*s)};
-}
-
-task<result<std::size_t>> nested_read(tcp_stream& s, std::span<std::byte> buf, int depth) {
-  if (depth == 0)
-    co_return co_await s.read(buf);
-  co_return co_await nested_read(s, buf, depth - 1);
-}
-
-} // namespace
-
 TEST_CASE("with_stop_token: a stop requested in the loop cancels a read") {
   io_context ctx;
   auto listener = loopback_listener(ctx);

@@ -13,9 +13,6 @@
 
 #include "support.hpp"
 
-// co_await never appears inside a Catch2 assertion macro (g++ 12 miscompiles
-// it); results are taken into variables first.
-
 using namespace std::chrono_literals;
 using namespace test_support;
 using couring::endpoint;
@@ -27,25 +24,6 @@ using couring::tcp_stream;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-struct connected_pair {
-  tcp_stream client, server;
-};
-
-task<connected_pair> connect_pair(io_context& ctx, tcp_listener& l) {
-  auto c = co_await tcp_stream::connect(ctx, l.local_endpoint());
-  auto s = co_await l.accept();
-  REQUIRE((c && s));
-  co_return connected_pair{std::move(*c), std::move(*s)};
-}
-
-// A task that reads through a few levels of tasks, so that cancellation has
-// to find the operation deep down.
-task<result<std::size_t>> deep_read(tcp_stream& s, std::span<std::byte> buf, int depth) {
-  if (depth == 0)
-    co_return co_await s.read(buf);
-  co_return co_await deep_read(s, buf, depth - 1);
-}
 
 // Connections to a listener that never accepts, until the accept queue is
 // full and the next connect hangs (its SYN is dropped).
@@ -122,7 +100,7 @@ TEST_CASE("with_timeout on a task cancels the operation it is suspended on, howe
     auto p = co_await connect_pair(ctx, listener);
     std::byte buf[16];
     const auto t0 = clock_type::now();
-    auto r = co_await couring::with_timeout(deep_read(p.server, buf, 10), 50ms);
+    auto r = co_await couring::with_timeout(nested_read(p.server, buf, 10), 50ms);
     REQUIRE_FALSE(r);
     CHECK(r.error() == std::errc::timed_out);
     CHECK(clock_type::now() - t0 < scaled(1s));
@@ -130,7 +108,7 @@ TEST_CASE("with_timeout on a task cancels the operation it is suspended on, howe
     // A task that finishes first gives its value and leaves no timer behind.
     auto w = co_await p.client.write_all(bytes("x"));
     REQUIRE(w);
-    auto ok = co_await couring::with_timeout(deep_read(p.server, buf, 10), 10s);
+    auto ok = co_await couring::with_timeout(nested_read(p.server, buf, 10), 10s);
     REQUIRE(ok);
     CHECK(*ok == 1);
     CHECK(ctx.pending_operations() == 0);

@@ -24,6 +24,15 @@ struct connect_options {
   bool no_delay = false;         // TCP_NODELAY
 };
 
+namespace detail {
+// A transfer's cqe->res: a byte count, or a negative errno.
+inline result<std::size_t> byte_count(int res) noexcept {
+  if (res < 0)
+    return errno_code(res);
+  return static_cast<std::size_t>(res);
+}
+} // namespace detail
+
 class tcp_stream {
 public:
   tcp_stream() noexcept = default;
@@ -54,11 +63,7 @@ public:
     void prepare(io_uring_sqe* sqe) noexcept {
       io_uring_prep_recv(sqe, fd_, buf_.data(), buf_.size(), 0);
     }
-    static result<std::size_t> make_result(int res) noexcept {
-      if (res < 0)
-        return errno_code(res);
-      return static_cast<std::size_t>(res);
-    }
+    static result<std::size_t> make_result(int res) noexcept { return detail::byte_count(res); }
 
   private:
     int fd_;
@@ -73,11 +78,7 @@ public:
       // MSG_NOSIGNAL: a reset peer is an EPIPE result, never a SIGPIPE.
       io_uring_prep_send(sqe, fd_, buf_.data(), buf_.size(), MSG_NOSIGNAL);
     }
-    static result<std::size_t> make_result(int res) noexcept {
-      if (res < 0)
-        return errno_code(res);
-      return static_cast<std::size_t>(res);
-    }
+    static result<std::size_t> make_result(int res) noexcept { return detail::byte_count(res); }
 
   private:
     int fd_;

@@ -1,0 +1,232 @@
+// Micro-benchmarks, each a side-by-side pair measured in the same run:
+//
+// 1. Operation overhead: `co_await nop(ctx)` against a hand-written liburing
+//    loop doing the same NOPs on a ring set up the same way, with 1 and with
+//    32 operations in flight. Reported per operation (items/s).
+// 2. One connection ping-pong over loopback TCP, 64 B and 4 KiB messages:
+//    blocking read/write (a client thread and a server thread) against
+//    couring (client and server coroutines on one io_context, one thread).
+//    Reported per round trip.
+//
+// The ratios are printed by benchmarks/run.sh from the JSON output.
+
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <couring/couring.hpp>
+
+namespace {
+
+constexpr int ops_per_task = 1024;
+
+// --- 1. NOP overhead ----------------------------------------------------------
+
+couring::task<void> nop_loop(couring::io_context& ctx, int n) {
+  for (int i = 0; i < n; ++i)
+    (void)co_await couring::nop(ctx);
+}
+
+void couring_nop(benchmark::State& state) {
+  const int in_flight = static_cast<int>(state.range(0));
+  couring::io_context ctx;
+  for (auto _ : state) {
+    if (in_flight == 1) {
+      ctx.run(nop_loop(ctx, ops_per_task));
+    } else {
+      for (int i = 0; i < in_flight; ++i)
+        ctx.spawn(nop_loop(ctx, ops_per_task));
+      ctx.run();
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * in_flight * ops_per_task);
+}
+
+// The reference: what a careful hand-written liburing program does. Same
+// ring flags as couring's, one io_uring_submit_and_wait per turn, batched
+// reaping, user_data set on every SQE.
+struct raw_ring {
+  io_uring ring{};
+  raw_ring() {
+    io_uring_params p{};
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+              IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+    p.cq_entries = 1024;
+    if (io_uring_queue_init_params(256, &ring, &p) != 0)
+      throw std::runtime_error("io_uring_queue_init_params");
+    io_uring_register_ring_fd(&ring);
+  }
+  ~raw_ring() { io_uring_queue_exit(&ring); }
+};
+
+void raw_nop(benchmark::State& state) {
+  const int in_flight = static_cast<int>(state.range(0));
+  raw_ring r;
+  const long total = static_cast<long>(in_flight) * ops_per_task;
+  for (auto _ : state) {
+    long started = 0, done = 0;
+    for (; started < in_flight; ++started) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(started) + 1);
+    }
+    while (done < total) {
+      io_uring_submit_and_wait(&r.ring, 1);
+      unsigned head, seen = 0;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&r.ring, head, cqe) {
+        ++seen;
+        benchmark::DoNotOptimize(cqe->res);
+        if (started < total) {
+          io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
+          io_uring_prep_nop(sqe);
+          io_uring_sqe_set_data64(sqe, cqe->user_data);
+          ++started;
+        }
+      }
+      io_uring_cq_advance(&r.ring, seen);
+      done += seen;
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * total);
+}
+
+BENCHMARK(raw_nop)->Arg(1)->Arg(32)->UseRealTime();
+BENCHMARK(couring_nop)->Arg(1)->Arg(32)->UseRealTime();
+
+// --- 2. One connection ping-pong -----------------------------------------------
+
+constexpr int round_trips_per_iteration = 256;
+
+// A connected loopback TCP pair made with plain syscalls.
+struct tcp_pair {
+  int client = -1, server = -1;
+  tcp_pair() {
+    int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l, 1) != 0 ||
+        ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("listen");
+    client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (::connect(client, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+      throw std::runtime_error("connect");
+    server = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    ::close(l);
+    int one = 1;
+    ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ::setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  ~tcp_pair() {
+    if (client >= 0)
+      ::close(client);
+    if (server >= 0)
+      ::close(server);
+  }
+};
+
+bool write_full(int fd, const std::byte* p, std::size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w <= 0)
+      return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool read_full(int fd, std::byte* p, std::size_t n) {
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r <= 0)
+      return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+void blocking_ping_pong(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  tcp_pair pair;
+  std::thread echo([fd = pair.server] {
+    std::vector<std::byte> buf(16384);
+    for (;;) {
+      ssize_t n = ::read(fd, buf.data(), buf.size());
+      if (n <= 0 || !write_full(fd, buf.data(), static_cast<std::size_t>(n)))
+        return;
+    }
+  });
+  std::vector<std::byte> out(size, std::byte{7}), in(size);
+  for (auto _ : state) {
+    for (int i = 0; i < round_trips_per_iteration; ++i) {
+      if (!write_full(pair.client, out.data(), size) || !read_full(pair.client, in.data(), size)) {
+        state.SkipWithError("blocking ping-pong failed");
+        break;
+      }
+    }
+  }
+  ::shutdown(pair.client, SHUT_WR);
+  echo.join();
+  state.SetItemsProcessed(state.iterations() * round_trips_per_iteration);
+}
+
+couring::task<void> couring_echo(couring::tcp_stream& s) {
+  std::vector<std::byte> buf(16384);
+  for (;;) {
+    auto n = co_await s.read(buf);
+    if (!n || *n == 0)
+      co_return;
+    if (!co_await s.write_all(std::span(buf).first(*n)))
+      co_return;
+  }
+}
+
+couring::task<bool> couring_client(couring::tcp_stream& s, std::span<const std::byte> out,
+                                   std::span<std::byte> in) {
+  for (int i = 0; i < round_trips_per_iteration; ++i) {
+    auto w = co_await s.write_all(out);
+    auto r = co_await s.read_exactly(in);
+    if (!w || !r)
+      co_return false;
+  }
+  co_return true;
+}
+
+void couring_ping_pong(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  tcp_pair pair;
+  couring::io_context ctx;
+  couring::tcp_stream client(ctx, std::exchange(pair.client, -1));
+  couring::tcp_stream server(ctx, std::exchange(pair.server, -1));
+  ctx.spawn(couring_echo(server));
+  std::vector<std::byte> out(size, std::byte{7}), in(size);
+  for (auto _ : state) {
+    if (!ctx.run(couring_client(client, out, in))) {
+      state.SkipWithError("couring ping-pong failed");
+      break;
+    }
+  }
+  client.shutdown_write().value();
+  ctx.run(); // the echo task sees end of stream and finishes
+  state.SetItemsProcessed(state.iterations() * round_trips_per_iteration);
+}
+
+BENCHMARK(blocking_ping_pong)->Arg(64)->Arg(4096)->UseRealTime();
+BENCHMARK(couring_ping_pong)->Arg(64)->Arg(4096)->UseRealTime();
+
+} // namespace
+
+BENCHMARK_MAIN();
