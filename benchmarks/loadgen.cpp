@@ -485,18 +485,17 @@ int Loadgen::run() {
       win_start = now_ns();
       now = win_start;
     }
-    if (measuring_ && now - win_start >= window_ns) {
+    if (measuring_ && (now - win_start >= window_ns || live_ == 0)) {
       win_end = now;
       getrusage(RUSAGE_SELF, &ru_end);
       if (opt_.server_pid > 0)
         cpu_end = process_cpu_seconds(opt_.server_pid);
       break;
     }
-    if (live_ == 0) {
-      win_end = now;
-      if (!measuring_)
-        win_start = now;
-      getrusage(RUSAGE_SELF, &ru_end);
+    if (live_ == 0) { // every connection failed during the warmup: nothing measured
+      win_start = win_end = now;
+      getrusage(RUSAGE_SELF, &ru_start);
+      ru_end = ru_start;
       break;
     }
     std::int64_t deadline = measuring_ ? win_start + window_ns : warm_end;
@@ -513,7 +512,9 @@ int Loadgen::run() {
       on_event(conns_[ev.data.u32], ev.events);
     }
   }
-  if (opt_.server_pid > 0 && (!cpu_start || !cpu_end)) {
+  if (live_ == 0)
+    std::fprintf(stderr, "loadgen: every connection failed\n");
+  if (opt_.server_pid > 0 && measuring_ && (!cpu_start || !cpu_end)) {
     std::fprintf(stderr, "loadgen: cannot read /proc/%ld/stat (server gone?)\n", opt_.server_pid);
     server_gone = true;
     ++st_.errors;
@@ -550,7 +551,7 @@ int Loadgen::run() {
   };
   const double client_cpu =
       tv(ru_end.ru_utime) + tv(ru_end.ru_stime) - tv(ru_start.ru_utime) - tv(ru_start.ru_stime);
-  const bool have_cpu = opt_.server_pid > 0 && !server_gone;
+  const bool have_cpu = opt_.server_pid > 0 && measuring_ && !server_gone;
   const double server_cpu = have_cpu ? *cpu_end - *cpu_start : 0.0;
   const double server_cpu_per_rt = have_cpu && st_.round_trips > 0
                                        ? server_cpu * 1e6 / static_cast<double>(st_.round_trips)

@@ -76,7 +76,7 @@ stop_server() {
   [[ -n $server_pid ]] || return 0
   kill -TERM "$server_pid" 2>/dev/null
   for _ in $(seq 40); do
-    kill -0 "$server_pid" 2>/dev/null || break
+    alive "$server_pid" || break
     sleep 0.05
   done
   kill -KILL "$server_pid" 2>/dev/null
@@ -108,9 +108,15 @@ free_port() {
   return 1
 }
 
+alive() { # PID; a child that exited stays a zombie until waited for
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ ${stat##*) } != Z* ]]
+}
+
 wait_listening() { # PORT PID
   for _ in $(seq 100); do
-    kill -0 "$2" 2>/dev/null || return 1
+    alive "$2" || return 1
     [[ -n $(ss -ltnH "sport = :$1" 2>/dev/null) ]] && return 0
     sleep 0.05
   done
@@ -131,14 +137,22 @@ fi
 echo "echo servers on 127.0.0.1: ${duration} s measured + ${warmup} s warmup per run," \
   "server pinned: ${server_pin[*]:-no}, loadgen pinned: ${load_pin[*]:-no}"
 
+# Servers that were not built are skipped.
+present=()
 for kind in "${kinds[@]}"; do
-  bin=${server_bin[$kind]}
-  if [[ ! -x $bin ]]; then
-    echo "WARNING: $bin is missing: $kind skipped" >&2
-    continue
+  if [[ -x ${server_bin[$kind]} ]]; then
+    present+=("$kind")
+  else
+    echo "WARNING: ${server_bin[$kind]} is missing: $kind skipped" >&2
   fi
-  for c in "${connections[@]}"; do
-    for s in "${sizes[@]}"; do
+done
+
+# The server kinds take turns for each configuration, so that slow drifts of the machine
+# affect them alike.
+for c in "${connections[@]}"; do
+  for s in "${sizes[@]}"; do
+    for kind in "${present[@]}"; do
+      bin=${server_bin[$kind]}
       result=$work/$kind-$c-$s.json
       port=$(free_port) || { echo "run.sh: no free port" >&2; exit 1; }
       "${server_pin[@]}" "$bin" "$port" >"$work/$kind-$c-$s.server.log" 2>&1 &
@@ -156,7 +170,7 @@ for kind in "${kinds[@]}"; do
         "${load_pin[@]}" "$loadgen" --port "$port" --connections "$c" --size "$s" \
         --duration "$duration" --warmup "$warmup" --server-pid "$server_pid" --json "$result"
       rc=$?
-      if ! kill -0 "$server_pid" 2>/dev/null; then
+      if ! alive "$server_pid"; then
         echo "$kind: the server died during the run" >&2
         cat "$work/$kind-$c-$s.server.log" >&2
         rc=1
@@ -199,7 +213,9 @@ with open(out_path, "w") as f:
     f.write("\n")
 
 def fmt(v, spec):
-    return format(v, spec) if isinstance(v, (int, float)) else "-"
+    if isinstance(v, (int, float)):
+        return format(v, spec)
+    return "-".rjust(int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()) or 0))
 
 print()
 print(f"{'server':<10} {'conns':>5} {'size':>5} {'round trips/s':>13} {'p50 us':>9} "
