@@ -249,11 +249,30 @@ ops=$server_dir/benchmarks/bench_ops
 if [[ -x $ops ]]; then
   echo
   echo "== bench_ops"
-  ops_args=(--benchmark_out="$out_dir/ops.json" --benchmark_out_format=json)
-  ((quick)) && ops_args+=(--benchmark_min_time=0.1)
+  # Repetitions in random interleaving: the machine's drift hits both sides
+  # of each pair alike; the ratios come from the medians.
+  ops_args=(--benchmark_out="$out_dir/ops.json" --benchmark_out_format=json
+    --benchmark_repetitions=7 --benchmark_enable_random_interleaving=true
+    --benchmark_report_aggregates_only=true --benchmark_min_time=0.3)
+  ((quick)) && ops_args+=(--benchmark_min_time=0.05 --benchmark_repetitions=3)
   if ! timeout --kill-after=5 150 "$ops" "${ops_args[@]}"; then
     echo "bench_ops failed" >&2
     failed=1
+  else
+    python3 - "$out_dir/ops.json" <<'PY'
+import json, sys
+runs = {b["run_name"]: b["real_time"] for b in json.load(open(sys.argv[1]))["benchmarks"]
+        if b.get("aggregate_name") == "median"}
+def ratio(ours, theirs):
+    a, b = runs.get(ours), runs.get(theirs)
+    return f"{a / b:5.2f}" if a and b else "  n/a"
+print()
+print("time per operation, medians of the interleaved repetitions:")
+print(f"  NOP, 1 in flight:   couring/raw      {ratio('couring_nop/1/real_time', 'raw_nop/1/real_time')}  (target <= 1.10)")
+print(f"  NOP, 32 in flight:  couring/raw      {ratio('couring_nop/32/real_time', 'raw_nop/32/real_time')}  (target <= 1.10)")
+print(f"  ping-pong 64 B:     couring/blocking {ratio('couring_ping_pong/64/real_time', 'blocking_ping_pong/64/real_time')}")
+print(f"  ping-pong 4 KiB:    couring/blocking {ratio('couring_ping_pong/4096/real_time', 'blocking_ping_pong/4096/real_time')}")
+PY
   fi
 else
   echo "($ops not built: no micro-benchmarks)"

@@ -1,5 +1,7 @@
 #include <couring/io_context.hpp>
 
+#include <couring/detail/io_awaitable.hpp>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -268,7 +270,9 @@ void io_context::forget_cancel(detail::cancel_scope* scope) noexcept {
 }
 
 void io_context::process_remote_cancels() noexcept {
-  if (!remote_pending_.exchange(false, std::memory_order_acquire))
+  // A plain load first: the read-modify-write only when there is work.
+  if (!remote_pending_.load(std::memory_order_relaxed) ||
+      !remote_pending_.exchange(false, std::memory_order_acquire))
     return;
   std::lock_guard lock(remote_mutex_);
   for (detail::cancel_scope* scope : remote_cancels_)
@@ -411,7 +415,8 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
   if (root)
     root.resume();
   for (;;) {
-    run_ready();
+    if (!ready_.empty())
+      run_ready();
     process_remote_cancels();
     const bool stop = stop_requested_.load(std::memory_order_acquire);
     if (root) {
@@ -439,26 +444,40 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
 }
 
 void io_context::turn(bool block) {
-  flush_closes();
+  if (!closing_fds_.empty())
+    flush_closes();
   int r = block ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
   ++enter_count_;
-  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME)
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]]
     throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
   reap();
 }
 
 void io_context::reap() noexcept {
-  unsigned head;
-  unsigned seen = 0;
-  io_uring_cqe* cqe;
-  io_uring_for_each_cqe(&ring_, head, cqe) {
-    ++seen;
-    dispatch(cqe);
-  }
-  io_uring_cq_advance(&ring_, seen);
+  // The tail is read once: completions that arrive meanwhile (they can only
+  // without DEFER_TASKRUN) are reaped on the next turn. One release store
+  // hands the whole batch back to the kernel.
+  io_uring_cq& cq = ring_.cq;
+  unsigned head = *cq.khead;
+  const unsigned tail = io_uring_smp_load_acquire(cq.ktail);
+  if (head == tail)
+    return;
+  const unsigned mask = cq.ring_mask;
+  for (; head != tail; ++head)
+    dispatch(&cq.cqes[head & mask]);
+  io_uring_smp_store_release(cq.khead, tail);
 }
 
-void io_context::dispatch(const io_uring_cqe* cqe) noexcept {
+namespace {
+inline void complete(detail::operation* op) noexcept {
+  if (op->on_complete == nullptr) [[likely]]
+    detail::resume_waiter(op);
+  else
+    op->on_complete(op);
+}
+} // namespace
+
+inline void io_context::dispatch(const io_uring_cqe* cqe) noexcept {
   const std::uint64_t ud = cqe->user_data;
   if (ud == 0)
     return; // fire-and-forget: cancels, closes
@@ -467,19 +486,19 @@ void io_context::dispatch(const io_uring_cqe* cqe) noexcept {
     op->link_timeout_res = cqe->res;
     --pending_;
     if (--op->outstanding == 0)
-      op->on_complete(op);
+      complete(op);
     return;
   }
   auto* op = reinterpret_cast<detail::operation*>(ud);
   op->res = cqe->res;
   op->cqe_flags = cqe->flags;
   if (cqe->flags & IORING_CQE_F_MORE) {
-    op->on_complete(op); // a multishot request goes on
+    complete(op); // a multishot request goes on
     return;
   }
   --pending_;
   if (--op->outstanding == 0)
-    op->on_complete(op);
+    complete(op);
 }
 
 void io_context::cancel_everything_and_drain() noexcept {

@@ -97,23 +97,28 @@ public:
   using value_type = void;
   using error_type = std::error_code;
 
+  // Keeps the error as value + category pointer: a default std::error_code
+  // would call std::system_category() (out of line) on every success.
   result() noexcept = default;
-  result(std::error_code ec) noexcept : error_(ec) {
+  result(std::error_code ec) noexcept : value_(ec.value()), category_(&ec.category()) {
     assert(ec && "a result built from an error_code needs a non-zero error");
   }
-  result(std::errc e) noexcept : error_(std::make_error_code(e)) {}
+  result(std::errc e) noexcept : result(std::make_error_code(e)) {}
 
-  bool has_value() const noexcept { return !error_; }
+  bool has_value() const noexcept { return category_ == nullptr; }
   explicit operator bool() const noexcept { return has_value(); }
   void value() const {
-    if (error_)
-      throw std::system_error(error_);
+    if (!has_value())
+      throw std::system_error(error());
   }
   void operator*() const noexcept { assert(has_value()); }
-  std::error_code error() const noexcept { return error_; }
+  std::error_code error() const noexcept {
+    return has_value() ? std::error_code{} : std::error_code(value_, *category_);
+  }
 
 private:
-  std::error_code error_;
+  int value_ = 0;
+  const std::error_category* category_ = nullptr;
 };
 
 // Turns a negative errno as io_uring reports it (cqe->res) into an error_code.

@@ -33,10 +33,7 @@ public:
   // operations that re-arm from their completion say false.
   static constexpr bool single_request = true;
 
-  explicit io_awaitable(io_context& ctx) noexcept {
-    this->ctx = &ctx;
-    this->on_complete = &resume_waiter;
-  }
+  explicit io_awaitable(io_context& ctx) noexcept { this->ctx = &ctx; }
   io_awaitable(io_awaitable&& other) noexcept : operation(other) {}
   io_awaitable& operator=(io_awaitable&&) = delete;
 
@@ -56,7 +53,8 @@ public:
   bool start(std::coroutine_handle<> awaiting, cancel_scope* s,
              __kernel_timespec* link_timeout = nullptr) {
     this->scope = s;
-    this->link_timeout_res = 0;
+    if (link_timeout != nullptr)
+      this->link_timeout_res = 0;
     if (s != nullptr && s->cancelled()) {
       this->res = -ECANCELED;
       return false;

@@ -23,6 +23,8 @@ struct operation {
   // function pointer: one indirect call per completion, no vtable.
   using completion_fn = void (*)(operation*) noexcept;
 
+  // nullptr: the common case, resume the waiting coroutine (done inline by
+  // the loop, without an indirect call).
   completion_fn on_complete = nullptr;
   // How a cancel scope cancels this record: nullptr means
   // IORING_OP_ASYNC_CANCEL on its user_data. Records that wait in a queue of
@@ -31,9 +33,11 @@ struct operation {
   io_context* ctx = nullptr;
   std::coroutine_handle<> waiter{};
   cancel_scope* scope = nullptr;
-  int res = 0;                 // cqe->res of the request itself
-  std::uint32_t cqe_flags = 0; // cqe->flags of the request itself
-  int link_timeout_res = 0;    // cqe->res of a linked timeout, when one was attached
+  // Filled in by the completion (or by start() when nothing is submitted);
+  // left uninitialised until then, they cost nothing per operation.
+  int res;                 // cqe->res of the request itself
+  std::uint32_t cqe_flags; // cqe->flags of the request itself
+  int link_timeout_res;    // cqe->res of a linked timeout, when one was attached
   std::uint32_t outstanding = 0;
 };
 
