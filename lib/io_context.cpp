@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <system_error>
 
@@ -136,45 +137,55 @@ std::string describe_setup_failure(int err, int io_uring_disabled, unsigned long
 } // namespace detail
 
 namespace {
-
 thread_local io_context* current_context = nullptr;
-
-// Flags we would like, in the order we give them up when the kernel refuses.
-// DEFER_TASKRUN needs SINGLE_ISSUER, so it goes first.
-constexpr unsigned wanted_flags[] = {
-    IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_COOP_TASKRUN,
-    IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
-};
-
 } // namespace
+
+namespace detail {
+
+int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, unsigned& accepted) {
+  // Newest first (6.1, 6.0, 5.19, 5.18, 5.5): a kernel knows every flag older
+  // than the newest it knows, so giving them up in this order keeps all the
+  // ones it supports. DEFER_TASKRUN needs SINGLE_ISSUER, and goes first.
+  static constexpr unsigned wanted_flags[] = {
+      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_COOP_TASKRUN,
+      IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
+  };
+  unsigned flags = 0;
+  for (unsigned f : wanted_flags)
+    flags |= f;
+  for (std::size_t dropped = 0;; ++dropped) {
+    const int err = try_setup(flags);
+    if (err == 0) {
+      accepted = flags;
+      return 0;
+    }
+    // Only EINVAL means "a flag is unknown here"; anything else (EPERM,
+    // ENOSYS, ENOMEM, ...) will not get better with fewer flags.
+    if (err != -EINVAL || dropped == std::size(wanted_flags))
+      return err;
+    flags &= ~wanted_flags[dropped];
+  }
+}
+
+} // namespace detail
 
 io_context::io_context(io_context_options options) : owner_(std::this_thread::get_id()) {
   const unsigned sq = options.sq_entries == 0 ? 256 : options.sq_entries;
   const unsigned cq = options.cq_entries == 0 ? sq * 4 : options.cq_entries;
 
-  unsigned flags = 0;
-  for (unsigned f : wanted_flags)
-    flags |= f;
-
-  int err = 0;
-  for (std::size_t dropped = 0;; ++dropped) {
+  const auto try_setup = [&](unsigned flags) {
     io_uring_params params{};
     params.flags = flags;
     params.cq_entries = cq;
-    err = io_uring_queue_init_params(sq, &ring_, &params);
+    const int err = io_uring_queue_init_params(sq, &ring_, &params);
     if (err == 0) {
-      features_.setup_flags = flags;
       features_.kernel_features = params.features;
       features_.sq_entries = params.sq_entries;
       features_.cq_entries = params.cq_entries;
-      break;
     }
-    // Only EINVAL means "this flag is unknown here"; anything else (EPERM,
-    // ENOSYS, ENOMEM, ...) will not get better with fewer flags.
-    if (err != -EINVAL || dropped == std::size(wanted_flags))
-      break;
-    flags &= ~wanted_flags[dropped];
-  }
+    return err;
+  };
+  const int err = detail::setup_with_fallback(try_setup, features_.setup_flags);
   if (err != 0) {
     throw std::system_error(-err, std::system_category(),
                             detail::describe_setup_failure(-err, detail::read_io_uring_disabled(),

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include <sys/socket.h>
 
@@ -55,6 +56,52 @@ TEST_CASE("the ring is set up with the flags this kernel supports") {
   CHECK((f.setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0);
   CHECK((f.setup_flags & IORING_SETUP_DEFER_TASKRUN) != 0);
   CHECK((f.setup_flags & IORING_SETUP_SUBMIT_ALL) != 0);
+}
+
+TEST_CASE("the ring fd is registered where the kernel allows it") {
+  io_context ctx;
+  CHECK(ctx.features().ring_fd_registered);
+  io_context plain({.register_ring_fd = false});
+  CHECK_FALSE(plain.features().ring_fd_registered);
+  CHECK(ctx.run(nops(plain, 0)) == 0);
+}
+
+TEST_CASE("set-up flags fall back one by one on older kernels") {
+  using couring::detail::setup_with_fallback;
+  const unsigned all = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+                       IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+  // A 5.19 kernel: knows COOP_TASKRUN, SUBMIT_ALL and CQSIZE, not the 6.x flags.
+  std::vector<unsigned> tried;
+  const unsigned known_519 =
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+  auto kernel_519 = [&](unsigned flags) {
+    tried.push_back(flags);
+    return (flags & ~known_519) != 0 ? -EINVAL : 0;
+  };
+  unsigned accepted = 0;
+  CHECK(setup_with_fallback(kernel_519, accepted) == 0);
+  CHECK(accepted == known_519);
+  REQUIRE(tried.size() == 3);
+  CHECK(tried[0] == all);
+  CHECK(tried[1] == (all & ~IORING_SETUP_DEFER_TASKRUN));
+
+  // A kernel that refuses everything ends with EINVAL after trying no flags at all.
+  tried.clear();
+  auto refuses = [&](unsigned flags) {
+    tried.push_back(flags);
+    return -EINVAL;
+  };
+  CHECK(setup_with_fallback(refuses, accepted) == -EINVAL);
+  CHECK(tried.back() == 0u);
+
+  // Other errors are final: no retry with fewer flags.
+  tried.clear();
+  auto forbidden = [&](unsigned flags) {
+    tried.push_back(flags);
+    return -EPERM;
+  };
+  CHECK(setup_with_fallback(forbidden, accepted) == -EPERM);
+  CHECK(tried.size() == 1);
 }
 
 TEST_CASE("operations complete through the ring") {

@@ -11,6 +11,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -47,6 +48,10 @@ class spawned_promise;
 // be tested without changing the machine (sysctl value, memlock limit).
 std::string describe_setup_failure(int err, int io_uring_disabled,
                                    unsigned long long memlock_limit);
+// Calls try_setup(flags) with the set-up flags we want, giving them up one by
+// one while it returns -EINVAL; the flags that worked land in accepted.
+// Returns 0 or the last error. Split out so that older kernels can be mimicked.
+int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, unsigned& accepted);
 } // namespace detail
 
 class io_context {

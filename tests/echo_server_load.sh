@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# examples/echo_server as users run it: thousands of connections at once with
+# every byte checked, peers that reset or vanish, nothing printed per
+# connection, and a clean exit on SIGTERM. 127.0.0.1 only, bounded in time.
+#
+#   echo_server_load.sh ECHO_SERVER LOADGEN
+set -euo pipefail
+server=$1 loadgen=$2
+work=$(mktemp -d)
+pid=
+cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+"$server" 0 >"$work/out" 2>"$work/err" &
+pid=$!
+for _ in $(seq 1 100); do
+  grep -q '^listening on' "$work/out" && break
+  sleep 0.05
+done
+port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/out")
+[[ -n $port ]] || { echo "echo_server did not say where it listens"; cat "$work/out" "$work/err"; exit 1; }
+
+echo "== 2000 connections, 64 B"
+"$loadgen" --port "$port" --connections 2000 --size 64 --duration 1 --warmup 0.3
+echo "== 100 connections, 100 KiB messages (short reads and writes)"
+"$loadgen" --port "$port" --connections 100 --size 102400 --duration 1 --warmup 0.2
+
+echo "== peers that reset or vanish"
+python3 - "$port" <<'PY'
+import socket, struct, sys
+port = int(sys.argv[1])
+for i in range(300):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"x" * 4096)
+    if i % 2 == 0:  # reset: RST instead of FIN, echo data still unread
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()       # the others vanish without reading their echo
+print("300 peers gone")
+PY
+kill -0 "$pid" || { echo "echo_server died"; cat "$work/err"; exit 1; }
+echo "== still serving"
+"$loadgen" --port "$port" --connections 50 --size 512 --duration 0.5 --warmup 0.1
+
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+pid=
+[[ $status == 0 ]] || { echo "echo_server exited with $status on SIGTERM"; exit 1; }
+if [[ $(wc -l <"$work/out") != 1 || -s $work/err ]]; then
+  echo "echo_server printed more than its listening line:"; cat "$work/out" "$work/err"; exit 1
+fi
+echo "echo_server: ok"
