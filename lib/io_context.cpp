@@ -2,6 +2,8 @@
 
 #include <couring/detail/io_awaitable.hpp>
 
+#include <algorithm>
+#include <cassert>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -170,7 +172,8 @@ int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, uns
 } // namespace detail
 
 io_context::io_context(io_context_options options) : owner_(std::this_thread::get_id()) {
-  const unsigned sq = options.sq_entries == 0 ? 256 : options.sq_entries;
+  // At least two SQ slots: a request and its linked timeout must fit together.
+  const unsigned sq = options.sq_entries == 0 ? 256 : std::max(options.sq_entries, 2u);
   const unsigned cq = options.cq_entries == 0 ? sq * 4 : options.cq_entries;
 
   const auto try_setup = [&](unsigned flags) {
@@ -192,17 +195,24 @@ io_context::io_context(io_context_options options) : owner_(std::this_thread::ge
                                                            detail::memlock_limit()));
   }
 
+  // Cancel by descriptor and cancel-any (which closing and teardown rely
+  // on) and multishot accept arrived in 5.19, together with
+  // IORING_OP_SOCKET; that opcode is what a probe can see.
+  bool kernel_519 = false;
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+    kernel_519 = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    io_uring_free_probe(probe);
+  }
+  if (!kernel_519) {
+    io_uring_queue_exit(&ring_);
+    throw std::system_error(ENOSYS, std::system_category(),
+                            "couring: this kernel's io_uring is too old: couring needs Linux "
+                            "5.19 or newer (cancellation by descriptor, multishot accept)");
+  }
+  multishot_accept_ = options.multishot_accept;
+
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
-
-  if (options.multishot_accept) {
-    // Multishot accept arrived in 5.19, together with IORING_OP_SOCKET: probe
-    // for the latter, the former has no opcode of its own.
-    if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
-      multishot_accept_ = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
-      io_uring_free_probe(probe);
-    }
-  }
 
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) {
@@ -216,6 +226,15 @@ io_context::io_context(io_context_options options) : owner_(std::this_thread::ge
 }
 
 io_context::~io_context() {
+  shutting_down_ = true;
+  if (broken_) {
+    // The ring failed: no completion can be reaped, so no frame can safely
+    // be destroyed. Leak them; closing the ring cancels what is left.
+    io_uring_queue_exit(&ring_);
+    ::close(wake_fd_);
+    return;
+  }
+  shutting_down_ = false;
   flush_closes();
   shutting_down_ = true;
   cancel_everything_and_drain();
@@ -261,6 +280,16 @@ io_context* io_context::current() noexcept {
   return current_context;
 }
 
+void io_context::post(std::coroutine_handle<> h) noexcept {
+  try {
+    ready_.push_back(h);
+  } catch (...) {
+    // Out of memory: resuming inline instead could re-enter whatever called
+    // us (a cancellation in progress); there is no safe way on.
+    std::terminate();
+  }
+}
+
 void io_context::request_cancel(detail::cancel_scope* scope) noexcept {
   if (std::this_thread::get_id() == owner_) {
     scope->cancel(ECANCELED);
@@ -298,13 +327,15 @@ void io_context::stop() noexcept {
 }
 
 io_uring_sqe* io_context::get_sqe_slow() {
-  flush_full_sq();
+  flush_full_sq(1);
   if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_))
     return sqe;
   throw std::system_error(EBUSY, std::system_category(), "couring: submission queue stays full");
 }
 
-void io_context::flush_full_sq() {
+void io_context::flush_full_sq(unsigned wanted) {
+  if (wanted > features_.sq_entries)
+    throw std::invalid_argument("couring: more SQEs wanted at once than the ring has");
   // Hand the queued SQEs to the kernel so that slots free up. The kernel may
   // push back (EBUSY/EAGAIN) while its completion backlog is large; flushing
   // that backlog into the CQ ring lets the loop reap it on its next turn.
@@ -313,16 +344,18 @@ void io_context::flush_full_sq() {
     ++enter_count_;
     if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
       throw std::system_error(-r, std::system_category(), "couring: io_uring_submit");
-    if (io_uring_sq_space_left(&ring_) > 0)
+    if (io_uring_sq_space_left(&ring_) >= wanted)
       return;
     io_uring_get_events(&ring_);
   }
+  throw std::system_error(EBUSY, std::system_category(), "couring: submission queue stays full");
 }
 
 void io_context::arm_link_timeout(io_uring_sqe* sqe, detail::operation* op, __kernel_timespec* ts) {
   sqe->flags |= IOSQE_IO_LINK;
   // The caller reserved two adjacent slots (reserve_sqes), so this cannot fail.
   io_uring_sqe* t = io_uring_get_sqe(&ring_);
+  assert(t != nullptr);
   io_uring_prep_link_timeout(t, ts, 0);
   io_uring_sqe_set_data64(t, reinterpret_cast<std::uint64_t>(op) | detail::link_timeout_tag);
   ++op->outstanding;
@@ -352,11 +385,17 @@ void io_context::close_fd(int fd) noexcept {
   // still names this socket, so it is submitted before the close, in the
   // same loop turn (or at once when the loop is not running).
   try {
+    closing_fds_.push_back(fd); // first: if this throws, no SQE is left behind
+  } catch (...) {
+    ::close(fd);
+    return;
+  }
+  try {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, 0);
-    closing_fds_.push_back(fd);
   } catch (...) {
+    closing_fds_.pop_back();
     ::close(fd);
     return;
   }
@@ -368,8 +407,12 @@ void io_context::flush_closes() noexcept {
   if (closing_fds_.empty())
     return;
   // ASYNC_CANCEL runs inline during submission: when this returns, every
-  // request on these descriptors has been cancelled (or had completed).
+  // request on these descriptors has been cancelled (or had completed). If
+  // the kernel did not take the cancels, the descriptors stay open until it
+  // does: closing first would let a reused descriptor number be cancelled.
   submit_pending();
+  if (io_uring_sq_ready(&ring_) > 0)
+    return;
   for (int fd : closing_fds_)
     ::close(fd);
   closing_fds_.clear();
@@ -409,6 +452,8 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
                            "one that created the context (the ring is single-issuer)");
   if (running_)
     throw std::logic_error("couring: io_context::run called from inside run");
+  if (broken_)
+    throw std::logic_error("couring: io_context::run after the ring failed");
   running_ = true;
   io_context* const outer = std::exchange(current_context, this);
   struct running_guard {
@@ -459,8 +504,10 @@ void io_context::turn(bool block) {
     flush_closes();
   int r = block ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
   ++enter_count_;
-  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]]
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
+    broken_ = true;
     throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
+  }
   reap();
 }
 
@@ -490,8 +537,10 @@ inline void complete(detail::operation* op) noexcept {
 
 inline void io_context::dispatch(const io_uring_cqe* cqe) noexcept {
   const std::uint64_t ud = cqe->user_data;
-  if (ud == 0)
-    return; // fire-and-forget: cancels, closes
+  // 0: ours, fire-and-forget (cancels, closes). ~0: liburing's own timeout
+  // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG. One compare for both.
+  if (ud + 1 <= 1)
+    return;
   if (ud & detail::link_timeout_tag) {
     auto* op = reinterpret_cast<detail::operation*>(ud & ~detail::link_timeout_tag);
     op->link_timeout_res = cqe->res;

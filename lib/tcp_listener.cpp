@@ -27,15 +27,16 @@ bool is_error(int res) {
 tcp_listener::tcp_listener() noexcept = default;
 
 tcp_listener::tcp_listener(detail::acceptor* a, const endpoint& local) noexcept
-    : acceptor_(a), local_(local) {}
+    : acceptor_(a), ctx_(&a->context()), local_(local) {}
 
 tcp_listener::tcp_listener(tcp_listener&& other) noexcept
-    : acceptor_(std::exchange(other.acceptor_, nullptr)), local_(other.local_) {}
+    : acceptor_(std::exchange(other.acceptor_, nullptr)), ctx_(other.ctx_), local_(other.local_) {}
 
 tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
   if (this != &other) {
     close();
     acceptor_ = std::exchange(other.acceptor_, nullptr);
+    ctx_ = other.ctx_;
     local_ = other.local_;
   }
   return *this;
@@ -74,7 +75,10 @@ result<tcp_listener> tcp_listener::bind(io_context& ctx, const endpoint& local,
 }
 
 tcp_listener::accept_awaitable tcp_listener::accept() noexcept {
-  return accept_awaitable(acceptor_);
+  accept_awaitable a(acceptor_);
+  if (a.ctx == nullptr)
+    a.ctx = ctx_; // closed: the accept fails with EBADF, but knows its context
+  return a;
 }
 
 bool tcp_listener::is_open() const noexcept {
@@ -98,7 +102,10 @@ tcp_listener::accept_awaitable::accept_awaitable(detail::acceptor* a) noexcept :
 }
 
 tcp_listener::accept_awaitable::accept_awaitable(accept_awaitable&& other) noexcept
-    : operation(other), acceptor_(other.acceptor_) {
+    : acceptor_(other.acceptor_) {
+  // Only what is set before the await: res and friends are not yet.
+  this->ctx = other.ctx;
+  this->on_complete = other.on_complete;
   assert(!other.linked_ && "an accept awaitable moved while waiting");
 }
 
@@ -164,6 +171,9 @@ bool acceptor::try_take(int& result) noexcept {
 }
 
 void acceptor::add_waiter(tcp_listener::accept_awaitable* w) {
+  // Arm first: if that throws, nothing is linked that could be resumed later.
+  if (!accept_armed_ && !backoff_armed_)
+    arm();
   w->cancel_fn = &on_waiter_cancel;
   w->prev_ = last_waiter_;
   w->next_ = nullptr;
@@ -174,8 +184,6 @@ void acceptor::add_waiter(tcp_listener::accept_awaitable* w) {
   last_waiter_ = w;
   w->linked_ = true;
   ctx_->count_parked(+1);
-  if (!accept_armed_ && !backoff_armed_)
-    arm();
 }
 
 void acceptor::remove_waiter(tcp_listener::accept_awaitable* w) noexcept {
@@ -244,12 +252,10 @@ void acceptor::on_accept(operation* op) noexcept {
   } else if (res == -ECANCELED && (self->released_ || self->paused_)) {
     // Our own cancellation: closing, or pausing.
   } else if (!self->released_) {
-    // EMFILE, ENFILE, ENOMEM, ENOBUFS or anything else: say so once, then
-    // wait before trying again, so that a persistent error never spins.
-    if (self->first_waiter_ != nullptr)
-      self->complete(self->first_waiter_, res);
-    else if (self->ready_.empty() || !is_error(self->ready_.back()))
-      self->ready_.push_back(res);
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS or anything else: wait before trying
+    // again, so that a persistent error never spins -- the back-off is armed
+    // before the error is handed to a waiter, whose next accept() must find
+    // it armed -- and say so once.
     if (!self->accept_armed_ && !self->backoff_armed_) {
       self->backoff_ms_ = self->backoff_ms_ == 0 ? first_backoff_ms
                                                  : std::min(self->backoff_ms_ * 2, max_backoff_ms);
@@ -265,6 +271,10 @@ void acceptor::on_accept(operation* op) noexcept {
         self->fail_all_waiters(ENOMEM);
       }
     }
+    if (self->first_waiter_ != nullptr)
+      self->complete(self->first_waiter_, res);
+    else if (self->ready_.empty() || !is_error(self->ready_.back()))
+      self->ready_.push_back(res);
   }
   // The request ended and someone still waits: arm it again.
   if (!self->accept_armed_ && !self->backoff_armed_ && !self->released_ &&
@@ -300,12 +310,8 @@ void acceptor::on_waiter_cancel(operation* op) noexcept {
   w->res = -ECANCELED;
   if (w->scope != nullptr)
     w->scope->clear_current(w);
-  try {
-    // Resumed on the next turn: the canceller is in the middle of something.
-    w->ctx->post(w->waiter);
-  } catch (...) {
-    w->waiter.resume();
-  }
+  // Resumed on the next turn: the canceller is in the middle of something.
+  w->ctx->post(w->waiter);
 }
 
 void acceptor::fail_all_waiters(int err) noexcept {
@@ -315,13 +321,8 @@ void acceptor::fail_all_waiters(int err) noexcept {
     w->res = -err;
     if (w->scope != nullptr)
       w->scope->clear_current(w);
-    if (ctx_->shutting_down())
-      continue;
-    try {
+    if (!ctx_->shutting_down())
       ctx_->post(w->waiter);
-    } catch (...) {
-      w->waiter.resume();
-    }
   }
 }
 

@@ -7,11 +7,11 @@
 
 namespace couring {
 
-task<result<tcp_stream>> tcp_stream::connect(io_context& ctx, const endpoint& remote,
+task<result<tcp_stream>> tcp_stream::connect(io_context& ctx, endpoint remote,
                                              connect_options options) {
-  // remote is a reference into the caller's frame, which outlives this task
-  // (it awaits it), but copy it anyway: callers pass temporaries.
-  const endpoint to = remote;
+  // remote is taken by value: the task starts lazily, long after a
+  // temporary argument would have gone.
+  const endpoint& to = remote;
   auto fd = detail::open_stream_socket(to.family());
   if (!fd)
     co_return fd.error();

@@ -191,6 +191,24 @@ TEST_CASE("read_exactly reports an early end of stream as an error") {
   ctx.run(body());
 }
 
+TEST_CASE("connect keeps its own copy of the endpoint (the task starts later)") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  const std::string text_ep = listener.local_endpoint().to_string();
+  // The endpoint argument is a temporary, gone long before the task runs.
+  task<result<tcp_stream>> later = tcp_stream::connect(ctx, endpoint::parse(text_ep).value());
+  std::vector<task<result<tcp_stream>>> several;
+  for (int i = 0; i < 3; ++i)
+    several.push_back(tcp_stream::connect(ctx, endpoint::parse(text_ep).value()));
+  auto body = [&]() -> task<int> {
+    int ok = (co_await std::move(later)).has_value() ? 1 : 0;
+    for (auto& r : co_await couring::when_all(std::move(several)))
+      ok += r.has_value() ? 1 : 0;
+    co_return ok;
+  };
+  CHECK(ctx.run(body()) == 4);
+}
+
 TEST_CASE("connect to a closed port gives ECONNREFUSED") {
   io_context ctx;
   endpoint closed_port;

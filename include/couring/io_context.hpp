@@ -70,7 +70,18 @@ public:
     detail::cancel_scope root_scope;
     auto h = t.handle();
     h.promise().set_scope(&root_scope);
-    drive(h, &root_scope);
+    try {
+      drive(h, &root_scope);
+    } catch (...) {
+      // Only a failing ring (broken_) leaves the root suspended with requests
+      // in flight: then its frame must outlive this call, so it is leaked
+      // rather than freed under the kernel's feet.
+      if (!h.done() && broken_) {
+        root_scope.detach();
+        (void)t.release();
+      }
+      throw;
+    }
     return h.promise().take_result();
   }
 
@@ -118,7 +129,7 @@ public:
   // adjacent in the ring, so a submit between them would cut the link).
   void reserve_sqes(unsigned n) {
     if (io_uring_sq_space_left(&ring_) < n)
-      flush_full_sq();
+      flush_full_sq(n);
   }
   // Ties sqe to op: sets user_data (never left to chance, a reused slot keeps
   // the old value) and counts the CQE it will produce.
@@ -140,7 +151,7 @@ public:
   void count_parked(int delta) noexcept { parked_ += static_cast<std::size_t>(delta); }
   // Resumes h on the next loop turn (never inline: the caller may be in the
   // middle of something, such as a cancellation).
-  void post(std::coroutine_handle<> h) { ready_.push_back(h); }
+  void post(std::coroutine_handle<> h) noexcept;
   // True while the destructor drains the ring: completions must not resume
   // coroutines any more (their frames are about to be destroyed).
   bool shutting_down() const noexcept { return shutting_down_; }
@@ -149,7 +160,7 @@ private:
   friend class detail::spawned_promise;
 
   io_uring_sqe* get_sqe_slow();
-  void flush_full_sq();
+  void flush_full_sq(unsigned wanted);
   void drive(std::coroutine_handle<> root, detail::cancel_scope* root_scope);
   void turn(bool block);
   void reap() noexcept;
@@ -166,6 +177,7 @@ private:
   io_context_features features_{};
   bool multishot_accept_ = false;
   bool shutting_down_ = false;
+  bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;
   std::thread::id owner_;
   std::size_t pending_ = 0;          // CQEs still expected for user_data != 0

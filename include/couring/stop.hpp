@@ -19,6 +19,13 @@ namespace couring {
 
 namespace detail {
 
+inline io_context& running_context_for_stop() {
+  io_context* ctx = io_context::current();
+  if (ctx == nullptr)
+    throw std::logic_error("couring: with_stop_token needs a running io_context");
+  return *ctx;
+}
+
 struct stop_request {
   io_context* ctx;
   cancel_scope* scope;
@@ -55,8 +62,9 @@ private:
 template <class Op>
 class stoppable_operation {
 public:
-  stoppable_operation(Op op, std::stop_token token) noexcept
-      : op_(std::move(op)), stop_(*op_.ctx, std::move(token)) {}
+  stoppable_operation(Op op, std::stop_token token)
+      : op_(std::move(op)),
+        stop_(op_.ctx != nullptr ? *op_.ctx : running_context_for_stop(), std::move(token)) {}
   bool await_ready() const noexcept { return false; }
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> awaiting) {
@@ -76,11 +84,11 @@ public:
       : task_(std::move(t)), stop_(ctx, std::move(token)) {}
   bool await_ready() const noexcept { return false; }
   template <class Promise>
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> awaiting) {
+  bool await_suspend(std::coroutine_handle<Promise> awaiting) {
     auto h = task_.handle();
     h.promise().set_continuation(awaiting);
     h.promise().set_scope(stop_.arm(scope_of(awaiting)));
-    return h;
+    return !h.promise().start_inline(h); // as task's own awaiter: no tail-call reliance
   }
   T await_resume() { return task_.handle().promise().take_result(); }
 

@@ -182,6 +182,8 @@ public:
 
   // For the runtime (io_context, combinators): not part of the user API.
   handle_type handle() const noexcept { return handle_; }
+  // Gives up ownership without destroying the frame.
+  handle_type release() noexcept { return std::exchange(handle_, {}); }
 
 private:
   void destroy() noexcept {

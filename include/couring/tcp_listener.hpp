@@ -89,6 +89,7 @@ private:
   tcp_listener(detail::acceptor* a, const endpoint& local) noexcept;
 
   detail::acceptor* acceptor_ = nullptr;
+  io_context* ctx_ = nullptr;
   endpoint local_;
 };
 

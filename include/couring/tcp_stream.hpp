@@ -52,7 +52,7 @@ public:
   ~tcp_stream() { close(); }
 
   // Opens a socket, binds it to options.local if given, and connects.
-  static task<result<tcp_stream>> connect(io_context& ctx, const endpoint& remote,
+  static task<result<tcp_stream>> connect(io_context& ctx, endpoint remote,
                                           connect_options options = {});
 
   // --- awaitables -----------------------------------------------------------

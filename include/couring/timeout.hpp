@@ -13,7 +13,10 @@
 //
 // If the operation finishes before the cancellation lands, its real result is
 // delivered (data is never dropped). A cancelled operation that completed with
-// operation_canceled is reported as timed_out.
+// operation_canceled is reported as timed_out. For tasks: a task<result<U>>
+// that ends with operation_canceled after the deadline gives timed_out; a
+// task<void> cut short by the deadline gives timed_out; a task returning a
+// plain value always gives that value (it finished its work).
 
 #include <chrono>
 #include <coroutine>
@@ -88,10 +91,9 @@ public:
     } else if constexpr (is_result<T>::value) {
       return timed_out_if_cancelled(p.take_result(), join_.timed_out());
     } else {
-      T value = p.take_result();
-      if (join_.timed_out())
-        return std::make_error_code(std::errc::timed_out);
-      return value;
+      // A plain value means the task finished its work (it may have handled
+      // the cancellation itself): deliver it, never drop it.
+      return p.take_result();
     }
   }
 
@@ -122,7 +124,7 @@ requires detail::io_operation_awaitable<Op>
   if constexpr (Op::single_request) {
     return detail::linked_timeout_awaitable<Op>(std::move(op), ns);
   } else {
-    io_context& ctx = *op.ctx;
+    io_context& ctx = op.ctx != nullptr ? *op.ctx : detail::running_context();
     return detail::task_timeout_awaitable<detail::await_result_t<Op>>(
         ctx, detail::as_task(std::move(op)), ns);
   }

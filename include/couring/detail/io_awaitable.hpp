@@ -34,7 +34,11 @@ public:
   static constexpr bool single_request = true;
 
   explicit io_awaitable(io_context& ctx) noexcept { this->ctx = &ctx; }
-  io_awaitable(io_awaitable&& other) noexcept : operation(other) {}
+  // Only what is set before the await is copied (res and friends are not yet).
+  io_awaitable(io_awaitable&& other) noexcept {
+    this->ctx = other.ctx;
+    this->on_complete = other.on_complete;
+  }
   io_awaitable& operator=(io_awaitable&&) = delete;
 
   bool await_ready() const noexcept { return false; }
