@@ -226,18 +226,19 @@ io_context::io_context(io_context_options options) : owner_(std::this_thread::ge
 }
 
 io_context::~io_context() {
-  shutting_down_ = true;
   if (broken_) {
     // The ring failed: no completion can be reaped, so no frame can safely
     // be destroyed. Leak them; closing the ring cancels what is left.
+    shutting_down_ = true;
     io_uring_queue_exit(&ring_);
     ::close(wake_fd_);
     return;
   }
-  shutting_down_ = false;
   flush_closes();
   shutting_down_ = true;
   cancel_everything_and_drain();
+  for (int fd : closing_fds_)
+    ::close(fd); // whatever used them has been reaped by now
   if (pending_ == 0) {
     // Every CQE is in: destroying the frames can no longer race the kernel.
     while (spawned_head_ != nullptr) {
