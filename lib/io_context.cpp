@@ -281,6 +281,32 @@ io_context* io_context::current() noexcept {
   return current_context;
 }
 
+void io_context::claim_stream(int fd, bool write) {
+  if (fd < 0)
+    return;
+  auto& in_flight = write ? writing_ : reading_;
+  const auto i = static_cast<std::size_t>(fd);
+  if (i >= in_flight.size())
+    in_flight.resize(std::max<std::size_t>(i + 1, 2 * in_flight.size()));
+  if (in_flight[i]) {
+    std::fprintf(stderr,
+                 "couring: two %s in flight at once on the stream with descriptor %d: the kernel "
+                 "may complete them in either order, so the bytes would %s out of order. Await "
+                 "one before starting the next (or use %s).\n",
+                 write ? "writes" : "reads", fd, write ? "go" : "arrive",
+                 write ? "one writer task" : "one reader task");
+    std::abort();
+  }
+  in_flight[i] = true;
+}
+
+void io_context::release_stream(int fd, bool write) noexcept {
+  auto& in_flight = write ? writing_ : reading_;
+  const auto i = static_cast<std::size_t>(fd);
+  if (fd >= 0 && i < in_flight.size())
+    in_flight[i] = false;
+}
+
 void io_context::post(std::coroutine_handle<> h) noexcept {
   try {
     ready_.push_back(h);

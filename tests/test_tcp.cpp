@@ -5,8 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <csignal>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <couring/couring.hpp>
@@ -439,4 +441,73 @@ TEST_CASE("a stream destroyed outside the loop still closes its socket") {
   char c;
   // The peer sees end of stream: the close reached the kernel.
   CHECK(::recv(accepted.native_handle(), &c, 1, 0) == 0);
+}
+
+TEST_CASE("two reads in flight on one stream fail loudly in debug builds") {
+#ifdef NDEBUG
+  SUCCEED("release build: the check is compiled out");
+#else
+  // In a child process: the check aborts.
+  int pipefd[2];
+  REQUIRE(::pipe(pipefd) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::dup2(pipefd[1], STDERR_FILENO);
+    io_context ctx;
+    auto listener = loopback_listener(ctx);
+    auto body = [&]() -> task<void> {
+      auto [client, accepted] = co_await connect_pair(ctx, listener);
+      std::byte a[4], b[4];
+      auto first = [&]() -> task<void> {
+        (void)co_await accepted.read(a);
+      };
+      ctx.spawn(first());
+      (void)co_await couring::nop(ctx);
+      (void)co_await accepted.read(b); // the second read: aborts here
+    };
+    ctx.run(body());
+    ::_exit(0);
+  }
+  ::close(pipefd[1]);
+  std::string message;
+  char buf[512];
+  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
+    message.append(buf, static_cast<std::size_t>(n));
+  ::close(pipefd[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  INFO(message);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGABRT);
+  CHECK(message.find("two reads in flight") != std::string::npos);
+#endif
+}
+
+TEST_CASE("a reader task and a writer task may share a stream") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<bool> {
+    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    const auto data = pattern(3, 1 << 20);
+    std::vector<std::byte> got(data.size());
+    auto echo_back = [&]() -> task<void> { // full duplex on `accepted`
+      std::vector<std::byte> buf(8192);
+      for (;;) {
+        auto n = co_await accepted.read(buf);
+        if (!n || *n == 0)
+          co_return;
+        require_ok(co_await accepted.write_all(std::span(buf).first(*n)));
+      }
+    };
+    auto writer = [&]() -> task<void> {
+      require_ok(co_await client.write_all(data));
+      require_ok(client.shutdown_write());
+    };
+    ctx.spawn(echo_back());
+    ctx.spawn(writer()); // writes on `client` while this task reads it
+    require_ok(co_await client.read_exactly(got));
+    co_return got == data;
+  };
+  CHECK(ctx.run(body()));
 }

@@ -145,6 +145,10 @@ public:
   // Closes fd after cancelling whatever is still in flight on it.
   void close_fd(int fd) noexcept;
   bool multishot_accept_supported() const noexcept { return multishot_accept_; }
+  // Debug builds: a read (or write) on fd starts / ends; a second one while
+  // the first is in flight is a programming error and aborts with a message.
+  void claim_stream(int fd, bool write);
+  void release_stream(int fd, bool write) noexcept;
   // A background request (a listener's multishot accept) does not keep run()
   // going by itself; a parked awaiter does.
   void count_internal(int delta) noexcept { internal_pending_ += static_cast<std::size_t>(delta); }
@@ -192,6 +196,8 @@ private:
   detail::spawned_promise* spawned_head_ = nullptr;
   std::size_t spawned_count_ = 0;
   std::exception_ptr spawn_error_;
+  // Streams with a read / a write in flight (debug builds), by descriptor.
+  std::vector<bool> reading_, writing_;
   // Descriptors whose cancel-by-fd is queued; closed right after it is submitted.
   std::vector<int> closing_fds_;
 

@@ -58,6 +58,8 @@ public:
   // --- awaitables -----------------------------------------------------------
   class read_awaitable : public detail::io_awaitable<read_awaitable> {
   public:
+    static constexpr detail::stream_use use = detail::stream_use::read;
+    int fd() const noexcept { return fd_; }
     read_awaitable(io_context& ctx, int fd, std::span<std::byte> buf) noexcept
         : io_awaitable(ctx), fd_(fd), buf_(buf) {}
     void prepare(io_uring_sqe* sqe) noexcept {
@@ -72,6 +74,8 @@ public:
 
   class write_awaitable : public detail::io_awaitable<write_awaitable> {
   public:
+    static constexpr detail::stream_use use = detail::stream_use::write;
+    int fd() const noexcept { return fd_; }
     write_awaitable(io_context& ctx, int fd, std::span<const std::byte> buf) noexcept
         : io_awaitable(ctx), fd_(fd), buf_(buf) {}
     void prepare(io_uring_sqe* sqe) noexcept {
@@ -95,6 +99,9 @@ public:
 
   public:
     static constexpr bool single_request = false;
+    static constexpr detail::stream_use use =
+        Sending ? detail::stream_use::write : detail::stream_use::read;
+    int fd() const noexcept { return fd_; }
     using span_type = std::conditional_t<Sending, std::span<const std::byte>, std::span<std::byte>>;
     transfer_all_awaitable(io_context& ctx, int fd, span_type buf) noexcept
         : base(ctx), fd_(fd), buf_(buf) {
@@ -104,7 +111,8 @@ public:
         : base(std::move(o)), fd_(o.fd_), buf_(o.buf_), done_(o.done_) {}
 
     bool await_ready() const noexcept { return buf_.empty(); }
-    result<void> await_resume() const noexcept {
+    result<void> await_resume() noexcept {
+      this->release_stream();
       if (done_ == buf_.size())
         return {};
       if (this->res < 0)

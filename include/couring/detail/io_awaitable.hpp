@@ -26,6 +26,18 @@ inline void resume_waiter(operation* op) noexcept {
   op->waiter.resume();
 }
 
+// Reads on a stream must not overlap one another, nor writes: the kernel
+// would complete them in an order that need not be the order of the bytes.
+// Debug builds (no NDEBUG) check it; an awaitable that reads or writes a
+// stream says so with `static constexpr stream_use use` and an `fd()`.
+enum class stream_use { read, write };
+
+template <class A>
+concept stream_awaitable = requires(const A& a) {
+  { A::use } -> std::convertible_to<stream_use>;
+  { a.fd() } -> std::convertible_to<int>;
+};
+
 template <class Derived>
 class io_awaitable : public operation {
 public:
@@ -48,7 +60,10 @@ public:
     return start(awaiting, scope_of(awaiting));
   }
 
-  auto await_resume() { return static_cast<Derived*>(this)->make_result(this->res); }
+  auto await_resume() {
+    release_stream();
+    return static_cast<Derived*>(this)->make_result(this->res);
+  }
 
   // Prepares and arms the request; false when it completed without being
   // submitted (its scope was already cancelled), and the caller goes on.
@@ -64,6 +79,7 @@ public:
       return false;
     }
     this->waiter = awaiting;
+    claim_stream();
     if (link_timeout != nullptr) {
       this->ctx->reserve_sqes(2);
       io_uring_sqe* sqe = this->ctx->get_sqe();
@@ -78,12 +94,36 @@ public:
     return true;
   }
 
+  // The debug check of overlapping reads (or writes) on one stream. The
+  // member exists in every build, so that the layout does not depend on
+  // NDEBUG; only debug builds claim.
+  void claim_stream() {
+#ifndef NDEBUG
+    if constexpr (stream_awaitable<Derived>) {
+      this->ctx->claim_stream(static_cast<Derived*>(this)->fd(), Derived::use == stream_use::write);
+      claimed_ = true;
+    }
+#endif
+  }
+  void release_stream() noexcept {
+    if constexpr (stream_awaitable<Derived>) {
+      if (claimed_) {
+        claimed_ = false;
+        this->ctx->release_stream(static_cast<Derived*>(this)->fd(),
+                                  Derived::use == stream_use::write);
+      }
+    }
+  }
+
   // Takes an SQE, lets Derived fill it in, and ties it to this record.
   void submit() {
     io_uring_sqe* sqe = this->ctx->get_sqe();
     static_cast<Derived*>(this)->prepare(sqe);
     this->ctx->arm(sqe, this);
   }
+
+private:
+  bool claimed_ = false;
 };
 
 } // namespace couring::detail
