@@ -85,7 +85,7 @@ task<void> examples(io_context& ctx, tcp_stream& stream, const endpoint& remote)
   auto r = co_await with_stop_token(handle_request(stream), stop.get_token());
 
   // Timers, and structured concurrency.
-  co_await sleep_for(ctx, 10ms);
+  (void)co_await sleep_for(ctx, 10ms);
   auto [a, b] = co_await when_all(fetch(ctx, x), fetch(ctx, y));
   auto first = co_await when_any(read_reply(stream), heartbeat(ctx));
   // ------------------------------------------------------------------------------

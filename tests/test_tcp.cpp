@@ -23,6 +23,9 @@ using couring::tcp_listener;
 using couring::tcp_stream;
 using namespace test_support;
 
+// Streams are bound by name (tcp_stream& client = pair.client), not with a
+// structured binding: clang 14 cannot capture structured bindings in lambdas.
+
 namespace {
 
 task<result<tcp_stream>> connect_to(io_context& ctx, const tcp_listener& l) {
@@ -135,7 +138,9 @@ TEST_CASE("read returns 0 at end of stream, after the data") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     require_ok(co_await client.write_all(bytes("last words")));
     client.close();
     std::string got;
@@ -159,7 +164,9 @@ TEST_CASE("shutdown_write half-closes: the peer sees end of stream and can still
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     require_ok(co_await client.write_all(bytes("question")));
     REQUIRE(client.shutdown_write());
     std::byte q[8];
@@ -180,7 +187,9 @@ TEST_CASE("read_exactly reports an early end of stream as an error") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     require_ok(co_await client.write_all(bytes("abc")));
     client.close();
     std::byte buf[10];
@@ -237,7 +246,9 @@ TEST_CASE("writing to a reset peer gives EPIPE or ECONNRESET, never SIGPIPE") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<std::error_code> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     // SO_LINGER with a zero timeout: close sends RST instead of FIN.
     linger lg{.l_onoff = 1, .l_linger = 0};
     REQUIRE(::setsockopt(accepted.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
@@ -260,7 +271,9 @@ TEST_CASE("reading from a reset peer gives ECONNRESET") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<std::error_code> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     linger lg{.l_onoff = 1, .l_linger = 0};
     REQUIRE(::setsockopt(accepted.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
     accepted.close();
@@ -275,7 +288,9 @@ TEST_CASE("write can be short; write_all sends everything") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     // Far more than the socket buffers hold while nobody reads: the send
     // returns what fitted.
     const auto big = pattern(1, 32 << 20);
@@ -325,7 +340,9 @@ TEST_CASE("64 MiB through write_all and read_exactly, every byte checked") {
     sent = true;
   };
   auto body = [&]() -> task<bool> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     ctx.spawn(sender(std::move(client)));
     std::vector<std::byte> got(total);
     require_ok(co_await accepted.read_exactly(got));
@@ -389,7 +406,9 @@ TEST_CASE("closing a stream cancels a read pending on it") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<std::error_code> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    // pair.client stays open: the read waits for its data.
+    tcp_stream& accepted = pair.server;
     std::error_code seen;
     bool done = false;
     auto reader = [&]() -> task<void> {
@@ -433,7 +452,9 @@ TEST_CASE("a stream destroyed outside the loop still closes its socket") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto pair = [&]() -> task<std::pair<tcp_stream, tcp_stream>> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     co_return std::pair{std::move(client), std::move(accepted)};
   };
   auto [client, accepted] = ctx.run(pair());
@@ -459,7 +480,9 @@ TEST_CASE("two reads in flight on one stream fail loudly in debug builds") {
     io_context ctx;
     auto listener = loopback_listener(ctx);
     auto body = [&]() -> task<void> {
-      auto [client, accepted] = co_await connect_pair(ctx, listener);
+      auto pair = co_await connect_pair(ctx, listener);
+      // pair.client stays open: the reads wait for its data.
+      tcp_stream& accepted = pair.server;
       std::byte a[4], b[4];
       auto first = [&]() -> task<void> {
         (void)co_await accepted.read(a);
@@ -490,7 +513,9 @@ TEST_CASE("a reader task and a writer task may share a stream") {
   io_context ctx;
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<bool> {
-    auto [client, accepted] = co_await connect_pair(ctx, listener);
+    auto pair = co_await connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& accepted = pair.server;
     const auto data = pattern(3, 1 << 20);
     std::vector<std::byte> got(data.size());
     auto echo_back = [&]() -> task<void> { // full duplex on `accepted`
