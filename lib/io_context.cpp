@@ -307,6 +307,14 @@ void io_context::release_stream(int fd, bool write) noexcept {
     in_flight[i] = false;
 }
 
+io_context& io_context::running(const char* what) {
+  if (current_context == nullptr)
+    throw std::logic_error(std::string("couring: ") + what +
+                           " needs a running io_context; pass the context explicitly outside "
+                           "io_context::run");
+  return *current_context;
+}
+
 void io_context::post(std::coroutine_handle<> h) noexcept {
   try {
     ready_.push_back(h);

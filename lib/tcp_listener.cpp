@@ -259,8 +259,7 @@ void acceptor::on_accept(operation* op) noexcept {
     if (!self->accept_armed_ && !self->backoff_armed_) {
       self->backoff_ms_ = self->backoff_ms_ == 0 ? first_backoff_ms
                                                  : std::min(self->backoff_ms_ * 2, max_backoff_ms);
-      self->backoff_op_.ts.tv_sec = self->backoff_ms_ / 1000;
-      self->backoff_op_.ts.tv_nsec = (self->backoff_ms_ % 1000) * 1'000'000LL;
+      self->backoff_op_.ts = to_timespec(std::chrono::milliseconds(self->backoff_ms_));
       try {
         io_uring_sqe* sqe = self->ctx_->get_sqe();
         io_uring_prep_timeout(sqe, &self->backoff_op_.ts, 0, 0);
@@ -304,26 +303,25 @@ void acceptor::on_backoff(operation* op) noexcept {
   self->maybe_delete();
 }
 
-void acceptor::on_waiter_cancel(operation* op) noexcept {
-  auto* w = static_cast<tcp_listener::accept_awaitable*>(op);
-  w->acceptor_->remove_waiter(w);
-  w->res = -ECANCELED;
+void acceptor::end_waiter(tcp_listener::accept_awaitable* w, int err) noexcept {
+  remove_waiter(w);
+  w->res = -err;
   if (w->scope != nullptr)
     w->scope->clear_current(w);
-  // Resumed on the next turn: the canceller is in the middle of something.
-  w->ctx->post(w->waiter);
+  // Resumed on the next turn: whoever ends it is in the middle of something
+  // (a cancellation, a close).
+  if (!ctx_->shutting_down())
+    ctx_->post(w->waiter);
+}
+
+void acceptor::on_waiter_cancel(operation* op) noexcept {
+  auto* w = static_cast<tcp_listener::accept_awaitable*>(op);
+  w->acceptor_->end_waiter(w, ECANCELED);
 }
 
 void acceptor::fail_all_waiters(int err) noexcept {
-  while (first_waiter_ != nullptr) {
-    tcp_listener::accept_awaitable* w = first_waiter_;
-    remove_waiter(w);
-    w->res = -err;
-    if (w->scope != nullptr)
-      w->scope->clear_current(w);
-    if (!ctx_->shutting_down())
-      ctx_->post(w->waiter);
-  }
+  while (first_waiter_ != nullptr)
+    end_waiter(first_waiter_, err);
 }
 
 void acceptor::close_and_release() noexcept {

@@ -103,6 +103,9 @@ public:
 
   // The context whose run() is executing on this thread, or nullptr.
   static io_context* current() noexcept;
+  // The same, for helpers that need a context and were given none: throws
+  // std::logic_error naming `what` outside io_context::run.
+  static io_context& running(const char* what);
 
   // Cancels scope from any thread: directly on the loop's own thread,
   // otherwise through a queue the loop drains after waking up.

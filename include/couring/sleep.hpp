@@ -15,12 +15,7 @@ namespace couring {
 class sleep_awaitable : public detail::io_awaitable<sleep_awaitable> {
 public:
   sleep_awaitable(io_context& ctx, std::chrono::nanoseconds t, unsigned flags) noexcept
-      : io_awaitable(ctx), flags_(flags) {
-    if (t.count() < 0)
-      t = std::chrono::nanoseconds::zero();
-    ts_.tv_sec = static_cast<long long>(t.count() / 1'000'000'000);
-    ts_.tv_nsec = static_cast<long long>(t.count() % 1'000'000'000);
-  }
+      : io_awaitable(ctx), ts_(detail::to_timespec(t)), flags_(flags) {}
   sleep_awaitable(sleep_awaitable&& o) noexcept
       : io_awaitable(std::move(o)), ts_(o.ts_), flags_(o.flags_) {}
 

@@ -19,13 +19,6 @@ namespace couring {
 
 namespace detail {
 
-inline io_context& running_context_for_stop() {
-  io_context* ctx = io_context::current();
-  if (ctx == nullptr)
-    throw std::logic_error("couring: with_stop_token needs a running io_context");
-  return *ctx;
-}
-
 struct stop_request {
   io_context* ctx;
   cancel_scope* scope;
@@ -64,7 +57,8 @@ class stoppable_operation {
 public:
   stoppable_operation(Op op, std::stop_token token)
       : op_(std::move(op)),
-        stop_(op_.ctx != nullptr ? *op_.ctx : running_context_for_stop(), std::move(token)) {}
+        stop_(op_.ctx != nullptr ? *op_.ctx : io_context::running("with_stop_token"),
+              std::move(token)) {}
   bool await_ready() const noexcept { return false; }
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> awaiting) {
@@ -114,11 +108,7 @@ template <class T>
 // The task form takes the context whose run() is executing on this thread.
 template <class T>
 [[nodiscard]] detail::stoppable_task<T> with_stop_token(task<T> t, std::stop_token token) {
-  io_context* ctx = io_context::current();
-  if (ctx == nullptr)
-    throw std::logic_error("couring: with_stop_token on a task needs a running io_context; "
-                           "pass the context explicitly outside io_context::run");
-  return {*ctx, std::move(t), std::move(token)};
+  return {io_context::running("with_stop_token"), std::move(t), std::move(token)};
 }
 
 } // namespace couring

@@ -129,6 +129,7 @@ private:
   static void on_waiter_cancel(operation* op) noexcept;
   void arm();
   void complete(tcp_listener::accept_awaitable* w, int res) noexcept;
+  void end_waiter(tcp_listener::accept_awaitable* w, int err) noexcept;
   void fail_all_waiters(int err) noexcept;
   void maybe_delete() noexcept;
 

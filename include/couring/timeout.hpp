@@ -43,12 +43,8 @@ class linked_timeout_awaitable {
 public:
   using op_result = await_result_t<Op>;
 
-  linked_timeout_awaitable(Op op, std::chrono::nanoseconds timeout) noexcept : op_(std::move(op)) {
-    if (timeout.count() < 0)
-      timeout = std::chrono::nanoseconds::zero();
-    ts_.tv_sec = timeout.count() / 1'000'000'000;
-    ts_.tv_nsec = timeout.count() % 1'000'000'000;
-  }
+  linked_timeout_awaitable(Op op, std::chrono::nanoseconds timeout) noexcept
+      : op_(std::move(op)), ts_(to_timespec(timeout)) {}
 
   bool await_ready() const noexcept { return false; }
   template <class Promise>
@@ -107,14 +103,6 @@ task<await_result_t<Op>> as_task(Op op) {
   co_return co_await op;
 }
 
-inline io_context& running_context() {
-  io_context* ctx = io_context::current();
-  if (ctx == nullptr)
-    throw std::logic_error("couring: with_timeout on a task needs a running io_context; "
-                           "pass the context explicitly outside io_context::run");
-  return *ctx;
-}
-
 } // namespace detail
 
 template <class Rep, class Period, class Op>
@@ -124,7 +112,7 @@ requires detail::io_operation_awaitable<Op>
   if constexpr (Op::single_request) {
     return detail::linked_timeout_awaitable<Op>(std::move(op), ns);
   } else {
-    io_context& ctx = op.ctx != nullptr ? *op.ctx : detail::running_context();
+    io_context& ctx = op.ctx != nullptr ? *op.ctx : io_context::running("with_timeout");
     return detail::task_timeout_awaitable<detail::await_result_t<Op>>(
         ctx, detail::as_task(std::move(op)), ns);
   }
@@ -140,7 +128,7 @@ with_timeout(io_context& ctx, task<T> t, std::chrono::duration<Rep, Period> time
 template <class T, class Rep, class Period>
 [[nodiscard]] detail::task_timeout_awaitable<T>
 with_timeout(task<T> t, std::chrono::duration<Rep, Period> timeout) {
-  return with_timeout(detail::running_context(), std::move(t), timeout);
+  return with_timeout(io_context::running("with_timeout"), std::move(t), timeout);
 }
 
 } // namespace couring

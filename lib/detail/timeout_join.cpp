@@ -4,11 +4,8 @@
 
 namespace couring::detail {
 
-timeout_join::timeout_join(io_context& ctx, std::chrono::nanoseconds timeout) noexcept {
-  if (timeout.count() < 0)
-    timeout = std::chrono::nanoseconds::zero();
-  ts_.tv_sec = timeout.count() / 1'000'000'000;
-  ts_.tv_nsec = timeout.count() % 1'000'000'000;
+timeout_join::timeout_join(io_context& ctx, std::chrono::nanoseconds timeout) noexcept
+    : ts_(to_timespec(timeout)) {
   timer_.ctx = &ctx;
   timer_.owner = this;
   timer_.on_complete = &on_timer;

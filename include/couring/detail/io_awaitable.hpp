@@ -81,11 +81,8 @@ public:
     this->waiter = awaiting;
     claim_stream();
     if (link_timeout != nullptr) {
-      this->ctx->reserve_sqes(2);
-      io_uring_sqe* sqe = this->ctx->get_sqe();
-      static_cast<Derived*>(this)->prepare(sqe);
-      this->ctx->arm(sqe, this);
-      this->ctx->arm_link_timeout(sqe, this, link_timeout);
+      this->ctx->reserve_sqes(2); // the pair must be adjacent in the ring
+      this->ctx->arm_link_timeout(submit(), this, link_timeout);
     } else {
       submit();
     }
@@ -116,10 +113,11 @@ public:
   }
 
   // Takes an SQE, lets Derived fill it in, and ties it to this record.
-  void submit() {
+  io_uring_sqe* submit() {
     io_uring_sqe* sqe = this->ctx->get_sqe();
     static_cast<Derived*>(this)->prepare(sqe);
     this->ctx->arm(sqe, this);
+    return sqe;
   }
 
 private:

@@ -6,8 +6,11 @@
 // coroutine's frame, and why a frame with a record in flight is never
 // destroyed (DESIGN.md, "Lifetime rules").
 
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
+
+#include <linux/time_types.h>
 
 namespace couring {
 class io_context;
@@ -40,6 +43,13 @@ struct operation {
   int link_timeout_res;    // cqe->res of a linked timeout, when one was attached
   std::uint32_t outstanding = 0;
 };
+
+// A duration as the kernel's timeout requests take it; negative means now.
+inline __kernel_timespec to_timespec(std::chrono::nanoseconds t) noexcept {
+  if (t.count() < 0)
+    t = std::chrono::nanoseconds::zero();
+  return {.tv_sec = t.count() / 1'000'000'000, .tv_nsec = t.count() % 1'000'000'000};
+}
 
 // user_data of a linked timeout's CQE: the record's address with the low bit
 // set (records are at least 8-byte aligned), so both CQEs find the same record.
