@@ -1,11 +1,12 @@
 #include <couring/tcp_listener.hpp>
 
 #include <algorithm>
+#include <cassert>
 
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <couring/detail/io_awaitable.hpp>
+#include "detail/acceptor.hpp"
 #include <couring/detail/socket.hpp>
 
 namespace couring {
@@ -16,18 +17,14 @@ namespace {
 constexpr std::size_t max_queued = 128;
 constexpr unsigned first_backoff_ms = 10;
 constexpr unsigned max_backoff_ms = 1000;
-
-bool is_error(int res) {
-  return res < 0;
-}
 } // namespace
 
 // --- tcp_listener -----------------------------------------------------------
 
 tcp_listener::tcp_listener() noexcept = default;
 
-tcp_listener::tcp_listener(detail::acceptor* a, const endpoint& local) noexcept
-    : acceptor_(a), ctx_(&a->context()), local_(local) {}
+tcp_listener::tcp_listener(detail::acceptor* a, io_context& ctx, const endpoint& local) noexcept
+    : acceptor_(a), ctx_(&ctx), local_(local) {}
 
 tcp_listener::tcp_listener(tcp_listener&& other) noexcept
     : acceptor_(std::exchange(other.acceptor_, nullptr)), ctx_(other.ctx_), local_(other.local_) {}
@@ -71,18 +68,12 @@ result<tcp_listener> tcp_listener::bind(io_context& ctx, const endpoint& local,
   auto bound = detail::socket_name(*fd, false);
   if (!bound)
     return fail(bound.error());
-  return tcp_listener(new detail::acceptor(ctx, *fd), *bound);
+  return tcp_listener(new detail::acceptor(ctx, *fd), ctx, *bound); // owns fd from here
 }
 
 tcp_listener::accept_awaitable tcp_listener::accept() noexcept {
-  accept_awaitable a(acceptor_);
-  if (a.ctx == nullptr)
-    a.ctx = ctx_; // closed: the accept fails with EBADF, but knows its context
-  return a;
-}
-
-bool tcp_listener::is_open() const noexcept {
-  return acceptor_ != nullptr;
+  // A closed listener's accept fails with EBADF, but knows its context.
+  return accept_awaitable(acceptor_, ctx_ != nullptr ? &ctx_->ring() : nullptr);
 }
 
 int tcp_listener::native_handle() const noexcept {
@@ -96,16 +87,15 @@ void tcp_listener::close() noexcept {
 
 // --- accept_awaitable ---------------------------------------------------------
 
-tcp_listener::accept_awaitable::accept_awaitable(detail::acceptor* a) noexcept : acceptor_(a) {
-  this->ctx = a != nullptr ? &a->context() : nullptr;
-  this->on_complete = &detail::resume_waiter;
+tcp_listener::accept_awaitable::accept_awaitable(detail::acceptor* a, detail::ring* r) noexcept
+    : acceptor_(a) {
+  this->owner_ring = r;
 }
 
 tcp_listener::accept_awaitable::accept_awaitable(accept_awaitable&& other) noexcept
     : acceptor_(other.acceptor_) {
   // Only what is set before the await: res and friends are not yet.
-  this->ctx = other.ctx;
-  this->on_complete = other.on_complete;
+  this->owner_ring = other.owner_ring;
   assert(!other.linked_ && "an accept awaitable moved while waiting");
 }
 
@@ -142,37 +132,54 @@ bool tcp_listener::accept_awaitable::start(std::coroutine_handle<> awaiting,
   return true;
 }
 
-result<tcp_stream> tcp_listener::accept_awaitable::await_resume() noexcept {
+result<tcp_stream> tcp_listener::accept_awaitable::await_resume() {
   if (this->res < 0)
     return errno_code(this->res);
-  return tcp_stream(*this->ctx, this->res);
+  return tcp_stream(this->owner_ring->context(), this->res);
 }
 
 // --- acceptor -------------------------------------------------------------------
 
 namespace detail {
 
-acceptor::acceptor(io_context& ctx, int fd) noexcept
-    : ctx_(&ctx), fd_(fd), multishot_(ctx.multishot_accept_supported()) {
-  accept_op_.ctx = &ctx;
+acceptor::acceptor(io_context& ctx, int fd)
+    : ring_(&ctx.ring()), handle_(ctx.ring(), fd), multishot_(ring_->multishot_accept_supported()),
+      queue_(std::make_unique<int[]>(queue_capacity)) {
+  accept_op_.owner_ring = ring_;
+  accept_op_.object = handle_.state(); // the descriptor stays open while it is in flight
   accept_op_.owner = this;
   accept_op_.on_complete = &on_accept;
-  backoff_op_.ctx = &ctx;
+  accept_op_.on_abandon = &on_accept_abandoned;
+  backoff_op_.owner_ring = ring_;
   backoff_op_.owner = this;
   backoff_op_.on_complete = &on_backoff;
+  backoff_op_.on_abandon = &on_backoff_abandoned;
+}
+
+void acceptor::push(int res) noexcept {
+  queue_[(first_ + queued_) % queue_capacity] = res;
+  ++queued_;
+}
+
+int acceptor::pop() noexcept {
+  const int res = queue_[first_];
+  first_ = (first_ + 1) % queue_capacity;
+  --queued_;
+  return res;
 }
 
 bool acceptor::try_take(int& result) noexcept {
-  if (ready_.empty())
+  if (queued_ == 0)
     return false;
-  result = ready_.front();
-  ready_.pop_front();
+  result = pop();
+  // Taking from a paused queue makes room again: accept ahead once more the
+  // next time someone waits (add_waiter arms when idle).
   return true;
 }
 
 void acceptor::add_waiter(tcp_listener::accept_awaitable* w) {
   // Arm first: if that throws, nothing is linked that could be resumed later.
-  if (!accept_armed_ && !backoff_armed_)
+  if (state_ == state::idle)
     arm();
   w->cancel_fn = &on_waiter_cancel;
   w->prev_ = last_waiter_;
@@ -183,7 +190,7 @@ void acceptor::add_waiter(tcp_listener::accept_awaitable* w) {
     first_waiter_ = w;
   last_waiter_ = w;
   w->linked_ = true;
-  ctx_->count_parked(+1);
+  ring_->count_parked(+1);
 }
 
 void acceptor::remove_waiter(tcp_listener::accept_awaitable* w) noexcept {
@@ -199,107 +206,121 @@ void acceptor::remove_waiter(tcp_listener::accept_awaitable* w) noexcept {
     last_waiter_ = w->prev_;
   w->prev_ = w->next_ = nullptr;
   w->linked_ = false;
-  ctx_->count_parked(-1);
+  ring_->count_parked(-1);
 }
 
 void acceptor::arm() {
-  io_uring_sqe* sqe = ctx_->get_sqe();
+  io_uring_sqe* sqe = ring_->get_sqe();
   if (multishot_)
-    io_uring_prep_multishot_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_prep_multishot_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   else
-    io_uring_prep_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
-  ctx_->arm(sqe, &accept_op_);
-  ctx_->count_internal(+1);
-  accept_armed_ = true;
-  paused_ = false;
+    io_uring_prep_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  ring_->arm(sqe, &accept_op_);
+  ring_->count_internal(+1);
+  state_ = state::accepting;
 }
 
-void acceptor::complete(tcp_listener::accept_awaitable* w, int res) noexcept {
-  remove_waiter(w);
-  w->res = res;
-  resume_waiter(w);
+void acceptor::request_ended() noexcept {
+  state_ = state::idle;
+  ring_->count_internal(-1);
+}
+
+void acceptor::start_backoff() noexcept {
+  backoff_ms_ = backoff_ms_ == 0 ? first_backoff_ms : std::min(backoff_ms_ * 2, max_backoff_ms);
+  backoff_op_.ts = to_timespec(std::chrono::milliseconds(backoff_ms_));
+  try {
+    io_uring_sqe* sqe = ring_->get_sqe();
+    io_uring_prep_timeout(sqe, &backoff_op_.ts, 0, 0);
+    ring_->arm(sqe, &backoff_op_);
+    ring_->count_internal(+1);
+    state_ = state::backing_off;
+  } catch (...) {
+    fail_all_waiters(ENOMEM);
+  }
+}
+
+void acceptor::rearm_if_waited_for() noexcept {
+  if (state_ != state::idle || closed_ || first_waiter_ == nullptr)
+    return;
+  try {
+    arm();
+  } catch (...) {
+    fail_all_waiters(ENOMEM);
+  }
+}
+
+// A connection (res >= 0) or an error for the first waiter, else the queue.
+void acceptor::hand_out(int res) noexcept {
+  if (first_waiter_ != nullptr) {
+    tcp_listener::accept_awaitable* w = first_waiter_;
+    remove_waiter(w);
+    w->res = res;
+    ring_->finish(w);
+  } else if (res >= 0) {
+    if (queue_full())
+      ::close(res); // beyond even the pause's slack: the peer sees a reset
+    else
+      push(res);
+  } else if (queued_ == 0 || queue_[(first_ + queued_ - 1) % queue_capacity] >= 0) {
+    if (!queue_full())
+      push(res); // one error in a row is enough to report
+  }
 }
 
 void acceptor::on_accept(operation* op) noexcept {
   acceptor* self = static_cast<accept_record*>(op)->owner;
   const int res = op->res;
   const bool more = (op->cqe_flags & IORING_CQE_F_MORE) != 0;
-  if (!more) {
-    self->accept_armed_ = false;
-    self->ctx_->count_internal(-1);
-  }
-  if (self->ctx_->shutting_down()) {
-    if (res >= 0)
-      ::close(res); // nobody will take it
-    self->maybe_delete();
-    return;
-  }
-  // A resumed waiter may close the listener: do not delete this meanwhile.
+  const bool was_pausing = self->state_ == state::pausing;
+  if (!more)
+    self->request_ended();
   self->dispatching_ = true;
   if (res >= 0) {
     self->backoff_ms_ = 0;
-    if (self->released_)
-      ::close(res);
-    else if (self->first_waiter_ != nullptr)
-      self->complete(self->first_waiter_, res);
-    else {
-      self->ready_.push_back(res);
-      if (more && self->ready_.size() >= max_queued && !self->paused_) {
-        self->paused_ = true; // accepted far ahead: let the backlog hold the rest
-        self->ctx_->cancel(&self->accept_op_);
+    if (self->closed_) {
+      ::close(res); // nobody will take it
+    } else {
+      self->hand_out(res);
+      if (more && self->queued_ >= max_queued && self->state_ == state::accepting) {
+        self->state_ = state::pausing; // accepted far ahead: let the backlog hold the rest
+        self->ring_->cancel(&self->accept_op_);
       }
     }
-  } else if (res == -ECANCELED && (self->released_ || self->paused_)) {
+  } else if (res == -ECANCELED && (self->closed_ || was_pausing)) {
     // Our own cancellation: closing, or pausing.
-  } else if (!self->released_) {
-    // EMFILE, ENFILE, ENOMEM, ENOBUFS or anything else: wait before trying
-    // again, so that a persistent error never spins -- the back-off is armed
-    // before the error is handed to a waiter, whose next accept() must find
-    // it armed -- and say so once.
-    if (!self->accept_armed_ && !self->backoff_armed_) {
-      self->backoff_ms_ = self->backoff_ms_ == 0 ? first_backoff_ms
-                                                 : std::min(self->backoff_ms_ * 2, max_backoff_ms);
-      self->backoff_op_.ts = to_timespec(std::chrono::milliseconds(self->backoff_ms_));
-      try {
-        io_uring_sqe* sqe = self->ctx_->get_sqe();
-        io_uring_prep_timeout(sqe, &self->backoff_op_.ts, 0, 0);
-        self->ctx_->arm(sqe, &self->backoff_op_);
-        self->ctx_->count_internal(+1);
-        self->backoff_armed_ = true;
-      } catch (...) {
-        self->fail_all_waiters(ENOMEM);
-      }
-    }
-    if (self->first_waiter_ != nullptr)
-      self->complete(self->first_waiter_, res);
-    else if (self->ready_.empty() || !is_error(self->ready_.back()))
-      self->ready_.push_back(res);
+  } else if (!self->closed_) {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS or anything else: the back-off is
+    // armed before the error is handed to a waiter, whose next accept()
+    // must find it armed.
+    if (self->state_ == state::idle)
+      self->start_backoff();
+    self->hand_out(res);
   }
   // The request ended and someone still waits: arm it again.
-  if (!self->accept_armed_ && !self->backoff_armed_ && !self->released_ &&
-      self->first_waiter_ != nullptr) {
-    try {
-      self->arm();
-    } catch (...) {
-      self->fail_all_waiters(ENOMEM);
-    }
-  }
+  self->rearm_if_waited_for();
   self->dispatching_ = false;
+  self->maybe_delete();
+}
+
+void acceptor::on_accept_abandoned(operation* op) noexcept {
+  acceptor* self = static_cast<accept_record*>(op)->owner;
+  if (op->res >= 0)
+    ::close(op->res); // teardown: nobody will take it
+  if ((op->cqe_flags & IORING_CQE_F_MORE) == 0)
+    self->request_ended();
   self->maybe_delete();
 }
 
 void acceptor::on_backoff(operation* op) noexcept {
   acceptor* self = static_cast<backoff_record*>(op)->owner;
-  self->backoff_armed_ = false;
-  self->ctx_->count_internal(-1);
-  if (!self->ctx_->shutting_down() && !self->released_ && !self->accept_armed_ &&
-      self->first_waiter_ != nullptr) {
-    try {
-      self->arm();
-    } catch (...) {
-      self->fail_all_waiters(ENOMEM);
-    }
-  }
+  self->request_ended();
+  self->rearm_if_waited_for();
+  self->maybe_delete();
+}
+
+void acceptor::on_backoff_abandoned(operation* op) noexcept {
+  acceptor* self = static_cast<backoff_record*>(op)->owner;
+  self->request_ended();
   self->maybe_delete();
 }
 
@@ -310,8 +331,8 @@ void acceptor::end_waiter(tcp_listener::accept_awaitable* w, int err) noexcept {
     w->scope->clear_current(w);
   // Resumed on the next turn: whoever ends it is in the middle of something
   // (a cancellation, a close).
-  if (!ctx_->shutting_down())
-    ctx_->post(w->waiter);
+  if (!ring_->draining())
+    ring_->post(w);
 }
 
 void acceptor::on_waiter_cancel(operation* op) noexcept {
@@ -325,21 +346,20 @@ void acceptor::fail_all_waiters(int err) noexcept {
 }
 
 void acceptor::close_and_release() noexcept {
-  released_ = true;
+  closed_ = true;
   fail_all_waiters(ECANCELED);
-  for (int fd : ready_)
-    if (fd >= 0)
+  while (queued_ > 0)
+    if (const int fd = pop(); fd >= 0)
       ::close(fd);
-  ready_.clear();
-  if (backoff_armed_)
-    ctx_->cancel(&backoff_op_);
-  // Cancels the accept request by descriptor, then closes the socket.
-  ctx_->close_fd(std::exchange(fd_, -1));
+  if (state_ == state::backing_off)
+    ring_->cancel(&backoff_op_);
+  // Stops listening now; the descriptor goes once the accept request is in.
+  handle_.close(ring::close_mode::listener);
   maybe_delete();
 }
 
 void acceptor::maybe_delete() noexcept {
-  if (released_ && !accept_armed_ && !backoff_armed_ && !dispatching_)
+  if (closed_ && state_ == state::idle && !dispatching_)
     delete this;
 }
 

@@ -11,8 +11,7 @@ task<result<tcp_stream>> tcp_stream::connect(io_context& ctx, endpoint remote,
                                              connect_options options) {
   // remote is taken by value: the task starts lazily, long after a
   // temporary argument would have gone.
-  const endpoint& to = remote;
-  auto fd = detail::open_stream_socket(to.family());
+  auto fd = detail::open_stream_socket(remote.family());
   if (!fd)
     co_return fd.error();
   tcp_stream stream(ctx, *fd); // owns the socket from here on, also on errors
@@ -29,32 +28,21 @@ task<result<tcp_stream>> tcp_stream::connect(io_context& ctx, endpoint remote,
     if (auto r = detail::set_socket_flag(*fd, IPPROTO_TCP, TCP_NODELAY, true); !r)
       co_return r.error();
   }
-  auto connected = co_await connect_awaitable(ctx, *fd, to);
+  auto connected = co_await connect_awaitable(stream.handle_, remote);
   if (!connected)
     co_return connected.error();
   co_return std::move(stream);
 }
 
-result<void> tcp_stream::shutdown_write() noexcept {
-  if (::shutdown(fd_, SHUT_WR) != 0)
-    return std::error_code(errno, std::system_category());
-  return {};
-}
-
-void tcp_stream::close() noexcept {
-  if (fd_ >= 0)
-    ctx_->close_fd(std::exchange(fd_, -1));
-}
-
 result<endpoint> tcp_stream::local_endpoint() const {
-  return detail::socket_name(fd_, false);
+  return detail::socket_name(native_handle(), false);
 }
 result<endpoint> tcp_stream::remote_endpoint() const {
-  return detail::socket_name(fd_, true);
+  return detail::socket_name(native_handle(), true);
 }
 
 result<void> tcp_stream::set_no_delay(bool on) noexcept {
-  return detail::set_socket_flag(fd_, IPPROTO_TCP, TCP_NODELAY, on);
+  return detail::set_socket_flag(native_handle(), IPPROTO_TCP, TCP_NODELAY, on);
 }
 
 } // namespace couring

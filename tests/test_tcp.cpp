@@ -464,51 +464,6 @@ TEST_CASE("a stream destroyed outside the loop still closes its socket") {
   CHECK(::recv(accepted.native_handle(), &c, 1, 0) == 0);
 }
 
-TEST_CASE("two reads in flight on one stream fail loudly in debug builds") {
-#ifdef NDEBUG
-  SUCCEED("release build: the check is compiled out");
-#else
-  // In a child process: the check aborts.
-  int pipefd[2];
-  REQUIRE(::pipe(pipefd) == 0);
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    // Catch2's own fatal-signal report would only add noise from the child.
-    std::signal(SIGABRT, SIG_DFL);
-    ::dup2(pipefd[1], STDERR_FILENO);
-    io_context ctx;
-    auto listener = loopback_listener(ctx);
-    auto body = [&]() -> task<void> {
-      auto pair = co_await connect_pair(ctx, listener);
-      // pair.client stays open: the reads wait for its data.
-      tcp_stream& accepted = pair.server;
-      std::byte a[4], b[4];
-      auto first = [&]() -> task<void> {
-        (void)co_await accepted.read(a);
-      };
-      ctx.spawn(first());
-      (void)co_await couring::nop(ctx);
-      (void)co_await accepted.read(b); // the second read: aborts here
-    };
-    ctx.run(body());
-    ::_exit(0);
-  }
-  ::close(pipefd[1]);
-  std::string message;
-  char buf[512];
-  for (ssize_t n; (n = ::read(pipefd[0], buf, sizeof buf)) > 0;)
-    message.append(buf, static_cast<std::size_t>(n));
-  ::close(pipefd[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  INFO(message);
-  CHECK(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGABRT);
-  CHECK(message.find("two reads in flight") != std::string::npos);
-#endif
-}
-
 TEST_CASE("a reader task and a writer task may share a stream") {
   io_context ctx;
   auto listener = loopback_listener(ctx);

@@ -9,6 +9,7 @@
 #include <couring/result.hpp>
 #include <couring/sleep.hpp>
 #include <couring/stop.hpp>
+#include <couring/stream.hpp>
 #include <couring/task.hpp>
 #include <couring/tcp_listener.hpp>
 #include <couring/tcp_stream.hpp>

@@ -57,7 +57,8 @@ class stoppable_operation {
 public:
   stoppable_operation(Op op, std::stop_token token)
       : op_(std::move(op)),
-        stop_(op_.ctx != nullptr ? *op_.ctx : io_context::running("with_stop_token"),
+        stop_(op_.owner_ring != nullptr ? op_.owner_ring->context()
+                                        : io_context::running("with_stop_token"),
               std::move(token)) {}
   bool await_ready() const noexcept { return false; }
   template <class Promise>
@@ -80,9 +81,7 @@ public:
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> awaiting) {
     auto h = task_.handle();
-    h.promise().set_continuation(awaiting);
-    h.promise().set_scope(stop_.arm(scope_of(awaiting)));
-    return !h.promise().start_inline(h); // as task's own awaiter: no tail-call reliance
+    return !start_task(h.promise(), h, stop_.arm(scope_of(awaiting)), awaiting);
   }
   T await_resume() { return task_.handle().promise().take_result(); }
 

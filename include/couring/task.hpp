@@ -92,6 +92,21 @@ cancel_scope* scope_of(std::coroutine_handle<Promise> h) noexcept {
     return nullptr;
 }
 
+// The one way a task is started by whatever awaits it (a plain co_await,
+// with_stop_token, with_timeout, when_all/when_any): it runs in `scope`, and
+// when it finishes it reports to `join` if given, otherwise resumes
+// `continuation`. Runs it until it first suspends; true if it finished
+// already (then, with no join, the awaiter must not suspend).
+inline bool start_task(promise_base& p, std::coroutine_handle<> h, cancel_scope* scope,
+                       std::coroutine_handle<> continuation, join_point* join = nullptr) {
+  p.set_scope(scope);
+  if (join != nullptr)
+    p.set_join(join);
+  else
+    p.set_continuation(continuation);
+  return p.start_inline(h);
+}
+
 template <class T>
 class task_promise final : public promise_base {
 public:
@@ -166,10 +181,8 @@ public:
     }
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiting) {
-      auto& p = handle_.promise();
-      p.set_continuation(awaiting);
-      p.set_scope(detail::scope_of(awaiting));
-      return !p.start_inline(handle_); // finished already: do not suspend
+      // Finished already: do not suspend.
+      return !detail::start_task(handle_.promise(), handle_, detail::scope_of(awaiting), awaiting);
     }
     T await_resume() { return handle_.promise().take_result(); }
 

@@ -49,7 +49,11 @@ public:
   bool await_ready() const noexcept { return false; }
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> awaiting) {
-    return op_.start(awaiting, scope_of(awaiting), &ts_);
+    // The ring links an IORING_OP_LINK_TIMEOUT behind the request when it
+    // issues it (later, if the request waits in line on its object).
+    op_.link_timeout = &ts_;
+    op_.link_timeout_res = 0; // stays 0 if the request never goes out
+    return op_.start(awaiting, scope_of(awaiting));
   }
   op_result await_resume() {
     // The kernel says which fired: the link timeout's own CQE is ETIME when
@@ -112,7 +116,8 @@ requires detail::io_operation_awaitable<Op>
   if constexpr (Op::single_request) {
     return detail::linked_timeout_awaitable<Op>(std::move(op), ns);
   } else {
-    io_context& ctx = op.ctx != nullptr ? *op.ctx : io_context::running("with_timeout");
+    io_context& ctx =
+        op.owner_ring != nullptr ? op.owner_ring->context() : io_context::running("with_timeout");
     return detail::task_timeout_awaitable<detail::await_result_t<Op>>(
         ctx, detail::as_task(std::move(op)), ns);
   }

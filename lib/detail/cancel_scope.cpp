@@ -1,7 +1,6 @@
 #include <couring/detail/cancel_scope.hpp>
 
-#include <couring/detail/operation.hpp>
-#include <couring/io_context.hpp>
+#include <couring/detail/ring.hpp>
 
 namespace couring::detail {
 
@@ -48,7 +47,7 @@ void cancel_scope::cancel(int reason) noexcept {
     if (current_->cancel_fn != nullptr)
       current_->cancel_fn(current_);
     else
-      current_->ctx->cancel(current_);
+      current_->owner_ring->cancel(current_);
   }
   for (cancel_scope* c = first_child_; c != nullptr; c = c->next_sibling_)
     c->cancel(reason);

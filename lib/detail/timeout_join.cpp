@@ -6,7 +6,7 @@ namespace couring::detail {
 
 timeout_join::timeout_join(io_context& ctx, std::chrono::nanoseconds timeout) noexcept
     : ts_(to_timespec(timeout)) {
-  timer_.ctx = &ctx;
+  timer_.owner_ring = &ctx.ring();
   timer_.owner = this;
   timer_.on_complete = &on_timer;
 }
@@ -17,20 +17,18 @@ bool timeout_join::start(std::coroutine_handle<> parent, cancel_scope* parent_sc
   scope_.attach_to(parent_scope);
   remaining_ = 3; // the timer, the child, and this start itself
 
-  io_uring_sqe* sqe = timer_.ctx->get_sqe();
+  io_uring_sqe* sqe = timer_.owner_ring->get_sqe();
   io_uring_prep_timeout(sqe, &ts_, 0, 0);
-  timer_.ctx->arm(sqe, &timer_);
+  timer_.owner_ring->arm(sqe, &timer_);
 
-  child_promise.set_scope(&scope_);
-  child_promise.set_join(this);
-  child.resume();
+  start_task(child_promise, child, &scope_, {}, this);
   return --remaining_ != 0;
 }
 
 std::coroutine_handle<> timeout_join::child_finished() noexcept {
   child_done_ = true;
   if (!fired_)
-    timer_.ctx->cancel(&timer_); // completes the timer with ECANCELED
+    timer_.owner_ring->cancel(&timer_); // completes the timer with ECANCELED
   return finish_one();
 }
 
@@ -39,10 +37,6 @@ void timeout_join::on_timer(operation* op) noexcept {
   if (op->res == -ETIME && !self->child_done_) {
     self->fired_ = true;
     self->scope_.cancel(ETIMEDOUT);
-  }
-  if (op->ctx->shutting_down()) {
-    --self->remaining_;
-    return;
   }
   self->finish_one().resume();
 }

@@ -41,6 +41,11 @@ public:
       current_ = nullptr;
   }
 
+  // Links of io_context's queue of cancellations requested from other
+  // threads (intrusive: requesting one must not allocate).
+  cancel_scope* remote_next = nullptr;
+  bool remote_queued = false;
+
 private:
   operation* current_ = nullptr;
   int reason_ = 0;

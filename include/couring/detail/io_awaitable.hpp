@@ -1,42 +1,27 @@
 #pragma once
 
-// io_awaitable: the common shape of every single-request operation.
+// io_awaitable: the common shape of every operation that is one io_uring
+// request (or, for compound operations, a series of them).
 //
 // Derived supplies prepare(io_uring_sqe*) and make_result(int res). The
 // awaitable is its own completion record, so awaiting it allocates nothing.
 // It may be moved before it is awaited (with_timeout takes it by value), never
 // after: from await_suspend until resumption its address is the SQE's user_data.
+//
+// An operation on an I/O object names the object's state record and the
+// side it uses (reads or writes): it waits in line behind the operations
+// already on that side, and it fails with EBADF, without touching any
+// descriptor, if the object was closed before it started.
 
+#include <cerrno>
 #include <coroutine>
 
 #include <couring/detail/cancel_scope.hpp>
-#include <couring/detail/operation.hpp>
+#include <couring/detail/ring.hpp>
 #include <couring/io_context.hpp>
 #include <couring/task.hpp>
 
 namespace couring::detail {
-
-// Default completion: resume the awaiting coroutine, unless the context is
-// being torn down (then the frame is destroyed instead of resumed).
-inline void resume_waiter(operation* op) noexcept {
-  if (op->scope != nullptr)
-    op->scope->clear_current(op);
-  if (op->ctx->shutting_down())
-    return;
-  op->waiter.resume();
-}
-
-// Reads on a stream must not overlap one another, nor writes: the kernel
-// would complete them in an order that need not be the order of the bytes.
-// Debug builds (no NDEBUG) check it; an awaitable that reads or writes a
-// stream says so with `static constexpr stream_use use` and an `fd()`.
-enum class stream_use { read, write };
-
-template <class A>
-concept stream_awaitable = requires(const A& a) {
-  { A::use } -> std::convertible_to<stream_use>;
-  { a.fd() } -> std::convertible_to<int>;
-};
 
 template <class Derived>
 class io_awaitable : public operation {
@@ -45,13 +30,32 @@ public:
   // operations that re-arm from their completion say false.
   static constexpr bool single_request = true;
 
-  explicit io_awaitable(io_context& ctx) noexcept { this->ctx = &ctx; }
+  // An operation that uses no I/O object (a timer, a nop).
+  explicit io_awaitable(io_context& ctx) noexcept { init(&ctx.ring()); }
+  // An operation on object s (nullptr: a closed or empty object), on its
+  // side if given; r is the object's ring (nullptr with s == nullptr).
+  io_awaitable(ring* r, object_state* s, object_side* side) noexcept {
+    init(r);
+    this->object = s;
+    this->side = side;
+    generation_ = s != nullptr ? s->generation : 0;
+    on_object_ = true;
+  }
   // Only what is set before the await is copied (res and friends are not yet).
   io_awaitable(io_awaitable&& other) noexcept {
-    this->ctx = other.ctx;
+    init(other.owner_ring);
     this->on_complete = other.on_complete;
+    this->object = other.object;
+    this->side = other.side;
+    generation_ = other.generation_;
+    on_object_ = other.on_object_;
   }
   io_awaitable& operator=(io_awaitable&&) = delete;
+  ~io_awaitable() {
+    // The frame goes away while the operation waits in line (teardown).
+    if (this->side != nullptr)
+      ring::leave_queue(this);
+  }
 
   bool await_ready() const noexcept { return false; }
 
@@ -60,68 +64,64 @@ public:
     return start(awaiting, scope_of(awaiting));
   }
 
-  auto await_resume() {
-    release_stream();
-    return static_cast<Derived*>(this)->make_result(this->res);
-  }
+  auto await_resume() { return static_cast<Derived*>(this)->make_result(this->res); }
 
-  // Prepares and arms the request; false when it completed without being
-  // submitted (its scope was already cancelled), and the caller goes on.
-  // With link_timeout, an IORING_OP_LINK_TIMEOUT follows the request in the
-  // ring (with_timeout): one more SQE, no extra wake-up.
-  bool start(std::coroutine_handle<> awaiting, cancel_scope* s,
-             __kernel_timespec* link_timeout = nullptr) {
+  // Issues the request, or queues it behind the side's active operation;
+  // false when it completed without being submitted (its object is closed,
+  // or its scope was already cancelled) and the caller goes on.
+  bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
     this->scope = s;
-    if (link_timeout != nullptr)
-      this->link_timeout_res = 0;
+    if (on_object_ && (this->object == nullptr || this->object->closed ||
+                       this->object->generation != generation_)) {
+      // Closed (or never opened) before this operation started: its
+      // descriptor number may already be someone else's.
+      this->side = nullptr;
+      this->res = -EBADF;
+      return false;
+    }
     if (s != nullptr && s->cancelled()) {
+      this->side = nullptr;
       this->res = -ECANCELED;
       return false;
     }
     this->waiter = awaiting;
-    claim_stream();
-    if (link_timeout != nullptr) {
-      this->ctx->reserve_sqes(2); // the pair must be adjacent in the ring
-      this->ctx->arm_link_timeout(submit(), this, link_timeout);
-    } else {
-      submit();
+    if (this->side != nullptr && !this->owner_ring->take_side(this)) {
+      if (s != nullptr)
+        s->set_current(this); // waits in line; cancel_fn takes it out
+      return true;
+    }
+    try {
+      issue(this);
+    } catch (...) {
+      if (this->side != nullptr) {
+        // Give the side back so that the next in line is not stuck.
+        this->owner_ring->pass_side(this);
+      }
+      throw;
     }
     if (s != nullptr)
       s->set_current(this);
     return true;
   }
 
-  // The debug check of overlapping reads (or writes) on one stream. The
-  // member exists in every build, so that the layout does not depend on
-  // NDEBUG; only debug builds claim.
-  void claim_stream() {
-#ifndef NDEBUG
-    if constexpr (stream_awaitable<Derived>) {
-      this->ctx->claim_stream(static_cast<Derived*>(this)->fd(), Derived::use == stream_use::write);
-      claimed_ = true;
-    }
-#endif
-  }
-  void release_stream() noexcept {
-    if constexpr (stream_awaitable<Derived>) {
-      if (claimed_) {
-        claimed_ = false;
-        this->ctx->release_stream(static_cast<Derived*>(this)->fd(),
-                                  Derived::use == stream_use::write);
-      }
-    }
+  // Takes an SQE, lets Derived fill it in, and ties it to this record.
+  static void issue(operation* op) {
+    auto* self = static_cast<Derived*>(op);
+    ring& r = *op->owner_ring;
+    io_uring_sqe* sqe = r.get_sqe_for(op);
+    self->prepare(sqe);
+    r.arm(sqe, op);
   }
 
-  // Takes an SQE, lets Derived fill it in, and ties it to this record.
-  io_uring_sqe* submit() {
-    io_uring_sqe* sqe = this->ctx->get_sqe();
-    static_cast<Derived*>(this)->prepare(sqe);
-    this->ctx->arm(sqe, this);
-    return sqe;
-  }
+protected:
+  std::uint32_t generation_ = 0;
+  bool on_object_ = false;
 
 private:
-  bool claimed_ = false;
+  void init(ring* r) noexcept {
+    this->owner_ring = r;
+    this->issue_fn = &io_awaitable::issue;
+  }
 };
 
 } // namespace couring::detail

@@ -47,9 +47,7 @@ public:
     j.scope.attach_to(parent_scope);
     if (first_ != none && cancel_others_)
       j.scope.cancel(ECANCELED); // the race is already decided
-    promise.set_scope(&j.scope);
-    promise.set_join(&j);
-    child.resume();
+    start_task(promise, child, &j.scope, {}, &j);
   }
 
   // After every start_child: whether the awaiter must suspend.

@@ -11,7 +11,7 @@
 #include <liburing.h>
 
 #include <couring/detail/cancel_scope.hpp>
-#include <couring/detail/operation.hpp>
+#include <couring/detail/ring.hpp>
 #include <couring/task.hpp>
 
 namespace couring::detail {

@@ -1,0 +1,360 @@
+#pragma once
+
+// The ring layer: everything between an operation and the kernel. It takes
+// SQEs, ties them to completion records, cancels, reaps CQEs and runs the one
+// completion protocol; it also keeps the I/O objects' state records, so that
+// a descriptor is released only when nothing runs on it any more.
+// docs/design.md ("The op path", "I/O objects") tells the whole story.
+//
+// Nothing here is user API: io_context (run, spawn, stop) sits on top.
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <liburing.h>
+#include <linux/time_types.h>
+
+#include <couring/detail/cancel_scope.hpp>
+#include <couring/io_context_options.hpp>
+
+namespace couring {
+class io_context;
+}
+
+namespace couring::detail {
+
+class ring;
+struct object_side;
+struct object_state;
+
+// The completion record of one operation. Its address is the SQE's user_data,
+// so it stays put (and alive) until its last CQE has been reaped: records
+// live inside awaiters, awaiters live in the awaiting coroutine's frame, and
+// a frame with a record in flight is never destroyed.
+struct operation {
+  // Plain function pointers: one indirect call where a record needs one, no
+  // vtable. All are optional.
+  using completion_fn = void (*)(operation*) noexcept;
+  // Runs when the record's last CQE is in (and for each intermediate CQE of a
+  // multishot request). nullptr, the common case: ring::finish.
+  completion_fn on_complete = nullptr;
+  // How a cancel scope cancels the record: nullptr means
+  // IORING_OP_ASYNC_CANCEL on its user_data. Records that wait in a queue of
+  // ours rather than in the kernel provide their own.
+  completion_fn cancel_fn = nullptr;
+  // Runs instead of on_complete while the context is torn down: bookkeeping
+  // only (a multishot accept must still close what it accepted). Most
+  // records need none: their frames are about to be destroyed.
+  completion_fn on_abandon = nullptr;
+  // Prepares and arms this record's request; how a queued operation is
+  // issued once the object's side is free, and how a compound one re-arms.
+  void (*issue_fn)(operation*) = nullptr;
+
+  ring* owner_ring = nullptr;
+  // The I/O object whose descriptor the request uses (nullptr: none). The
+  // object's descriptor stays open while a request of it is in flight.
+  object_state* object = nullptr;
+  // The side of that object (reads or writes) this operation holds or waits
+  // for; operations on one side run one at a time, in order.
+  object_side* side = nullptr;
+  std::coroutine_handle<> waiter{};
+  cancel_scope* scope = nullptr;
+  // with_timeout on a single request: an IORING_OP_LINK_TIMEOUT follows it.
+  __kernel_timespec* link_timeout = nullptr;
+  unsigned link_timeout_flags = 0;
+  operation* next = nullptr; // in a side's queue, or in the ring's posted list
+
+  // Filled in by the completion (or by start() when nothing is submitted);
+  // left uninitialised until then, they cost nothing per operation.
+  int res;                 // cqe->res of the request itself
+  std::uint32_t cqe_flags; // cqe->flags of the request itself
+  int link_timeout_res;    // cqe->res of a linked timeout, when one was attached
+  std::uint32_t outstanding = 0;
+};
+
+// A duration as the kernel's timeout requests take it; negative means now.
+inline __kernel_timespec to_timespec(std::chrono::nanoseconds t) noexcept {
+  if (t.count() < 0)
+    t = std::chrono::nanoseconds::zero();
+  return {.tv_sec = t.count() / 1'000'000'000, .tv_nsec = t.count() % 1'000'000'000};
+}
+
+// user_data of a linked timeout's CQE: the record's address with the low bit
+// set (records are at least 8-byte aligned), so both CQEs find the same record.
+inline constexpr std::uint64_t link_timeout_tag = 1;
+
+// One direction of an I/O object. `active` holds the side from the start of
+// its first request to its completion (a compound operation holds it across
+// all its requests); later operations wait in a FIFO and are issued in turn.
+struct object_side {
+  operation* active = nullptr;
+  operation* first_waiting = nullptr;
+  operation* last_waiting = nullptr;
+};
+
+// The state record of one I/O object (stream, listener, ...). It outlives the
+// object until the last request on its descriptor has completed; only then is
+// the descriptor closed, so no request can ever run on a number that already
+// belongs to someone else. Records come from a pool in the ring and are
+// recycled; `generation` tells an awaitable made before a close from one made
+// after.
+struct object_state {
+  int fd = -1;
+  std::uint32_t generation = 0;
+  std::uint32_t in_flight = 0; // requests on fd whose final CQE is not in
+  bool closed = true;
+  object_side read_side;
+  object_side write_side;
+  object_state* next_free = nullptr;
+};
+
+// Builds the message io_context's constructor throws with when io_uring_setup
+// fails: the cause and what to do about it. Split out so that each cause can
+// be tested without changing the machine (sysctl value, memlock limit).
+std::string describe_setup_failure(int err, int io_uring_disabled,
+                                   unsigned long long memlock_limit);
+// Calls try_setup(flags) with the set-up flags we want, giving them up one by
+// one while it returns -EINVAL; the flags that worked land in accepted.
+// Returns 0 or the last error. Split out so that older kernels can be mimicked.
+int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, unsigned& accepted);
+
+class ring {
+public:
+  // Sets the ring up (throws std::system_error saying why it cannot).
+  ring(io_context& ctx, const io_context_options& options);
+  ~ring();
+  ring(const ring&) = delete;
+  ring& operator=(const ring&) = delete;
+
+  io_context& context() const noexcept { return *ctx_; }
+  const io_context_features& features() const noexcept { return features_; }
+  bool multishot_accept_supported() const noexcept { return multishot_accept_; }
+
+  // --- submission -----------------------------------------------------------
+  // A free SQE; when the submission queue is full, submits first.
+  io_uring_sqe* get_sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    return sqe != nullptr ? sqe : get_sqe_slow();
+  }
+  // The SQE for op's request: with a linked timeout, the pair must be
+  // adjacent in the ring, so room for both is made first.
+  io_uring_sqe* get_sqe_for(const operation* op) {
+    if (op->link_timeout != nullptr) [[unlikely]]
+      reserve_sqes(2);
+    return get_sqe();
+  }
+  void reserve_sqes(unsigned n) {
+    if (io_uring_sq_space_left(&ring_) < n)
+      flush_full_sq(n);
+  }
+  // Ties sqe to op: sets user_data (never left to chance: a reused slot
+  // keeps the old value), counts the CQE it will produce, counts the request
+  // against its object, and appends op's linked timeout if it has one.
+  void arm(io_uring_sqe* sqe, operation* op) noexcept {
+    io_uring_sqe_set_data(sqe, op);
+    ++op->outstanding;
+    ++pending_;
+    if (op->object != nullptr)
+      ++op->object->in_flight;
+    if (op->link_timeout != nullptr) [[unlikely]]
+      attach_link_timeout(sqe, op);
+  }
+  // IORING_OP_ASYNC_CANCEL for op; op still completes through its own CQE.
+  void cancel(operation* op) noexcept;
+  // Hands the prepared SQEs to the kernel now (used outside the loop).
+  void submit_now() noexcept;
+  // One io_uring_enter: submit, and wait for a completion if block.
+  void enter(bool block);
+
+  // --- completion -----------------------------------------------------------
+  // Dispatches every CQE available now. The CQ head is handed back before
+  // each record runs: a resumed coroutine that submits a lot must not find
+  // the CQ full of entries we have already read.
+  void reap() noexcept {
+    io_uring_cq& cq = ring_.cq;
+    unsigned head = *cq.khead;
+    const unsigned tail = io_uring_smp_load_acquire(cq.ktail);
+    const unsigned mask = cq.ring_mask;
+    while (head != tail) {
+      const io_uring_cqe& c = cq.cqes[head & mask];
+      const std::uint64_t ud = c.user_data;
+      const int res = c.res;
+      const std::uint32_t flags = c.flags;
+      io_uring_smp_store_release(cq.khead, ++head);
+      dispatch(ud, res, flags);
+    }
+  }
+
+  // The completion protocol, the same for every operation: the operation is
+  // done, its side passes to the next waiting operation, and its coroutine
+  // resumes. (While the context is torn down nothing is resumed: dispatch
+  // calls on_abandon instead.)
+  void finish(operation* op) noexcept {
+    if (op->scope != nullptr)
+      op->scope->clear_current(op);
+    if (op->side != nullptr)
+      pass_side(op);
+    op->waiter.resume();
+  }
+  // Resumes op's coroutine on the next loop turn, never inline: whoever ends
+  // it is in the middle of something (a cancellation, a close). No allocation.
+  void post(operation* op) noexcept;
+  // Resumes the posted operations; false if there were none.
+  bool run_posted();
+  bool has_posted() const noexcept { return posted_head_ != nullptr; }
+
+  // --- I/O objects ----------------------------------------------------------
+  // A state record for fd (owned from now on).
+  object_state* open_object(int fd);
+  enum class close_mode { stream, listener };
+  // Marks the record closed, ends its waiting operations with ECANCELED,
+  // cancels its requests in flight, and closes the descriptor once the last
+  // of them has completed (at once if none is in flight). A listener stops
+  // listening at once (shutdown SHUT_RD) even while the close is deferred.
+  void close_object(object_state* s, close_mode mode) noexcept;
+  // Starts op on its side now if the side is free (true), or queues it.
+  bool take_side(operation* op);
+  // Drops a waiting op from its side's queue (its frame is going away).
+  static void leave_queue(operation* op) noexcept;
+  // op is done with its side: the next operation in line is issued.
+  void pass_side(operation* op) noexcept;
+
+  // --- state, counters ------------------------------------------------------
+  bool draining() const noexcept { return draining_; }
+  // True in a child process that inherited this ring through fork(): the
+  // rings are shared with the parent, so nothing may be submitted or reaped.
+  bool foreign() const noexcept;
+  void set_running(bool r) noexcept { running_ = r; }
+  bool running() const noexcept { return running_; }
+  bool broken() const noexcept { return broken_; }
+  // Cancels everything in flight and reaps until nothing is left (bounded).
+  void drain() noexcept;
+
+  std::size_t pending() const noexcept { return pending_; }
+  std::size_t pending_operations() const noexcept { return pending_ - internal_ + parked_; }
+  std::uint64_t enter_count() const noexcept { return enter_count_; }
+  // A background request (a listener's multishot accept, the wake-up read)
+  // does not keep run() going by itself; an awaiter parked in a queue of
+  // ours (a waiting accept, a queued write) does.
+  void count_internal(int delta) noexcept { internal_ += static_cast<std::size_t>(delta); }
+  void count_parked(int delta) noexcept { parked_ += static_cast<std::size_t>(delta); }
+
+private:
+  void dispatch(std::uint64_t ud, int res, std::uint32_t flags) noexcept {
+    // 0: ours, fire-and-forget (cancels). ~0: liburing's own timeout
+    // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG. One compare for both.
+    if (ud + 1 <= 1)
+      return;
+    if (ud & link_timeout_tag) [[unlikely]] {
+      auto* op = reinterpret_cast<operation*>(ud & ~link_timeout_tag);
+      op->link_timeout_res = res;
+      --pending_;
+      if (--op->outstanding == 0)
+        complete(op);
+      return;
+    }
+    auto* op = reinterpret_cast<operation*>(ud);
+    op->res = res;
+    op->cqe_flags = flags;
+    if (flags & IORING_CQE_F_MORE) [[unlikely]] {
+      complete(op); // a multishot request goes on
+      return;
+    }
+    --pending_;
+    if (object_state* s = op->object) {
+      // The request no longer uses the descriptor: if the object was closed
+      // meanwhile and this was its last request, the descriptor goes now.
+      if (--s->in_flight == 0 && s->closed) [[unlikely]]
+        release_descriptor(s);
+    }
+    if (--op->outstanding == 0)
+      complete(op);
+  }
+  void complete(operation* op) noexcept {
+    if (draining_) [[unlikely]] {
+      if (op->on_abandon != nullptr)
+        op->on_abandon(op);
+    } else if (op->on_complete == nullptr) [[likely]] {
+      finish(op);
+    } else {
+      op->on_complete(op);
+    }
+  }
+
+  io_uring_sqe* get_sqe_slow();
+  void flush_full_sq(unsigned wanted);
+  void attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept;
+  void release_descriptor(object_state* s) noexcept;
+  void recycle_released() noexcept;
+
+  io_uring ring_{};
+  io_context* ctx_;
+  io_context_features features_{};
+  unsigned fork_generation_ = 0;
+  bool multishot_accept_ = false;
+  bool draining_ = false;
+  bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
+  bool running_ = false;
+  std::size_t pending_ = 0;  // CQEs still expected for user_data != 0
+  std::size_t internal_ = 0; // of which: background requests
+  std::size_t parked_ = 0;   // awaiters waiting in a queue of ours
+  std::uint64_t enter_count_ = 0;
+
+  operation* posted_head_ = nullptr;
+  operation* posted_tail_ = nullptr;
+
+  // Object records: allocated a chunk at a time, recycled through free_.
+  // Released records wait in released_ until the next loop turn: a
+  // completion running right now may still clear its side.
+  std::vector<std::unique_ptr<object_state[]>> chunks_;
+  object_state* free_ = nullptr;
+  object_state* released_ = nullptr;
+};
+
+// What every I/O object (stream, listener, ...) holds: its ring and its state
+// record. Moving the object moves the handle; closing (or destroying) it hands
+// the record back to the ring, which closes the descriptor once nothing runs
+// on it any more.
+class object_handle {
+public:
+  object_handle() noexcept = default;
+  // Adopts fd. If no record can be had (out of memory) fd is closed and
+  // std::bad_alloc thrown: the descriptor is never leaked.
+  object_handle(ring& r, int fd);
+  object_handle(object_handle&& other) noexcept
+      : ring_(other.ring_), state_(std::exchange(other.state_, nullptr)) {}
+  object_handle& operator=(object_handle&& other) noexcept {
+    if (this != &other) {
+      close();
+      ring_ = other.ring_;
+      state_ = std::exchange(other.state_, nullptr);
+    }
+    return *this;
+  }
+  object_handle(const object_handle&) = delete;
+  object_handle& operator=(const object_handle&) = delete;
+  ~object_handle() { close(); }
+
+  void close(ring::close_mode mode = ring::close_mode::stream) noexcept {
+    if (state_ != nullptr)
+      ring_->close_object(std::exchange(state_, nullptr), mode);
+  }
+
+  bool is_open() const noexcept { return state_ != nullptr; }
+  int fd() const noexcept { return state_ != nullptr ? state_->fd : -1; }
+  // The ring, or nullptr for an object that was never opened.
+  ring* ring_ptr() const noexcept { return ring_; }
+  object_state* state() const noexcept { return state_; }
+
+private:
+  ring* ring_ = nullptr;
+  object_state* state_ = nullptr;
+};
+
+} // namespace couring::detail

@@ -1,0 +1,479 @@
+#include <couring/detail/ring.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <cerrno>
+#include <chrono>
+#include <fstream>
+#include <mutex>
+#include <stdexcept>
+#include <system_error>
+
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace couring::detail {
+
+namespace {
+
+// Bumped in every child process fork() creates. A ring remembers the value
+// it was created under: a different one means the ring is the parent's.
+std::atomic<unsigned> fork_generation{0};
+
+void note_fork_in_child() noexcept {
+  fork_generation.fetch_add(1, std::memory_order_relaxed);
+}
+
+void watch_forks() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, &note_fork_in_child); });
+}
+
+int read_io_uring_disabled() {
+  std::ifstream in("/proc/sys/kernel/io_uring_disabled");
+  int value = -1;
+  if (!(in >> value))
+    return -1;
+  return value;
+}
+
+unsigned long long memlock_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0)
+    return 0;
+  return rl.rlim_cur;
+}
+
+} // namespace
+
+std::string describe_setup_failure(int err, int io_uring_disabled, unsigned long long memlock) {
+  std::string msg = "couring: cannot set up io_uring (io_uring_setup failed: ";
+  msg += std::generic_category().message(err);
+  msg += "). ";
+  if (err == EPERM && io_uring_disabled > 0) {
+    msg += "The sysctl kernel.io_uring_disabled is " + std::to_string(io_uring_disabled);
+    msg += io_uring_disabled == 2 ? " (io_uring disabled for every process)"
+                                  : " (io_uring allowed only for members of kernel.io_uring_group)";
+    msg += ". Fix: sysctl -w kernel.io_uring_disabled=0";
+    if (io_uring_disabled == 1)
+      msg += ", or run as a member of the group in kernel.io_uring_group";
+    msg += ".";
+  } else if (err == EPERM || err == ENOSYS) {
+    msg += err == EPERM ? "kernel.io_uring_disabled is 0, so "
+                          "a seccomp filter most likely refuses io_uring_setup"
+                        : "Either the kernel lacks io_uring (CONFIG_IO_URING) or "
+                          "a seccomp filter refuses io_uring_setup";
+    msg += " (the default seccomp profile of Docker 25+ and of many container runtimes "
+           "does). Fix: run the container with a seccomp profile that allows "
+           "io_uring_setup, io_uring_enter and io_uring_register "
+           "(for example --security-opt seccomp=<profile>), or outside the sandbox.";
+  } else if (err == ENOMEM) {
+    msg += "The locked-memory limit is too low for the ring (RLIMIT_MEMLOCK = ";
+    msg += memlock == RLIM_INFINITY ? std::string("unlimited") : std::to_string(memlock) + " bytes";
+    msg += "; kernels before 5.12 charge rings against it). Fix: raise it (ulimit -l, "
+           "LimitMEMLOCK= in systemd, memlock in /etc/security/limits.conf) or "
+           "ask for a smaller ring with io_context_options::sq_entries.";
+  } else if (err == EMFILE || err == ENFILE) {
+    msg += "No file descriptor is left for the ring. Fix: raise the open-file limit "
+           "(ulimit -n) or close descriptors.";
+  } else if (err == EINVAL) {
+    msg += "The kernel refused every combination of ring set-up flags; it is probably "
+           "older than 5.10. Fix: use a newer kernel.";
+  }
+  return msg;
+}
+
+int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, unsigned& accepted) {
+  // Newest first (6.1, 6.0, 5.19, 5.18, 5.5): a kernel knows every flag older
+  // than the newest it knows, so giving them up in this order keeps all the
+  // ones it supports. DEFER_TASKRUN needs SINGLE_ISSUER, and goes first.
+  static constexpr unsigned wanted_flags[] = {
+      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_COOP_TASKRUN,
+      IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
+  };
+  unsigned flags = 0;
+  for (unsigned f : wanted_flags)
+    flags |= f;
+  for (std::size_t dropped = 0;; ++dropped) {
+    const int err = try_setup(flags);
+    if (err == 0) {
+      accepted = flags;
+      return 0;
+    }
+    // Only EINVAL means "a flag is unknown here"; anything else (EPERM,
+    // ENOSYS, ENOMEM, ...) will not get better with fewer flags.
+    if (err != -EINVAL || dropped == std::size(wanted_flags))
+      return err;
+    flags &= ~wanted_flags[dropped];
+  }
+}
+
+ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
+  watch_forks();
+  fork_generation_ = fork_generation.load(std::memory_order_relaxed);
+  // At least two SQ slots: a request and its linked timeout must fit together.
+  const unsigned sq = options.sq_entries == 0 ? 256 : std::max(options.sq_entries, 2u);
+  const unsigned cq = options.cq_entries == 0 ? sq * 4 : options.cq_entries;
+
+  const auto try_setup = [&](unsigned flags) {
+    io_uring_params params{};
+    params.flags = flags;
+    params.cq_entries = cq;
+    const int err = io_uring_queue_init_params(sq, &ring_, &params);
+    if (err == 0) {
+      features_.kernel_features = params.features;
+      features_.sq_entries = params.sq_entries;
+      features_.cq_entries = params.cq_entries;
+    }
+    return err;
+  };
+  const int err = setup_with_fallback(try_setup, features_.setup_flags);
+  if (err != 0) {
+    throw std::system_error(
+        -err, std::system_category(),
+        describe_setup_failure(-err, read_io_uring_disabled(), memlock_limit()));
+  }
+
+  // Cancel by descriptor and cancel-any (which closing and teardown rely
+  // on) and multishot accept arrived in 5.19, together with
+  // IORING_OP_SOCKET; that opcode is what a probe can see.
+  bool kernel_519 = false;
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+    kernel_519 = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    io_uring_free_probe(probe);
+  }
+  if (!kernel_519) {
+    io_uring_queue_exit(&ring_);
+    throw std::system_error(ENOSYS, std::system_category(),
+                            "couring: this kernel's io_uring is too old: couring needs Linux "
+                            "5.19 or newer (cancellation by descriptor, multishot accept)");
+  }
+  multishot_accept_ = options.multishot_accept;
+
+  if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
+    features_.ring_fd_registered = true;
+}
+
+ring::~ring() {
+  // In a fork() child, io_uring_queue_exit only unmaps and closes this
+  // process's references (the registered ring descriptor belongs to the
+  // parent's task; unregistering it here is a harmless no-op).
+  io_uring_queue_exit(&ring_);
+}
+
+bool ring::foreign() const noexcept {
+  return fork_generation_ != fork_generation.load(std::memory_order_relaxed);
+}
+
+io_uring_sqe* ring::get_sqe_slow() {
+  flush_full_sq(1);
+  if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_))
+    return sqe;
+  throw std::system_error(EBUSY, std::system_category(), "couring: submission queue stays full");
+}
+
+void ring::flush_full_sq(unsigned wanted) {
+  if (wanted > features_.sq_entries)
+    throw std::invalid_argument("couring: more SQEs wanted at once than the ring has");
+  // Hand the queued SQEs to the kernel so that slots free up. The kernel may
+  // push back (EBUSY/EAGAIN) while its completion backlog is large; flushing
+  // that backlog into the CQ ring lets the loop reap it on its next turn
+  // (reap hands CQ slots back as it goes, so there is room for it).
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    int r = io_uring_submit(&ring_);
+    ++enter_count_;
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+      throw std::system_error(-r, std::system_category(), "couring: io_uring_submit");
+    if (io_uring_sq_space_left(&ring_) >= wanted)
+      return;
+    io_uring_get_events(&ring_);
+  }
+  throw std::system_error(EBUSY, std::system_category(), "couring: submission queue stays full");
+}
+
+void ring::attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept {
+  sqe->flags |= IOSQE_IO_LINK;
+  // get_sqe_for reserved two adjacent slots, so this cannot fail.
+  io_uring_sqe* t = io_uring_get_sqe(&ring_);
+  assert(t != nullptr);
+  io_uring_prep_link_timeout(t, op->link_timeout, op->link_timeout_flags);
+  io_uring_sqe_set_data64(t, reinterpret_cast<std::uint64_t>(op) | link_timeout_tag);
+  op->link_timeout_res = 0;
+  ++op->outstanding;
+  ++pending_;
+}
+
+void ring::cancel(operation* op) noexcept {
+  if (foreign())
+    return;
+  try {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(op), 0);
+    io_uring_sqe_set_data64(sqe, 0);
+  } catch (...) {
+    // Could not even get an SQE: the operation completes on its own.
+  }
+}
+
+void ring::submit_now() noexcept {
+  if (io_uring_sq_ready(&ring_) > 0) {
+    io_uring_submit(&ring_);
+    ++enter_count_;
+  }
+}
+
+void ring::enter(bool block) {
+  recycle_released();
+  int r = block ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
+  ++enter_count_;
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
+    broken_ = true;
+    throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
+  }
+}
+
+void ring::post(operation* op) noexcept {
+  op->next = nullptr;
+  if (posted_tail_ != nullptr)
+    posted_tail_->next = op;
+  else
+    posted_head_ = op;
+  posted_tail_ = op;
+}
+
+bool ring::run_posted() {
+  if (posted_head_ == nullptr)
+    return false;
+  // Operations posted while these run wait for the next round.
+  operation* op = std::exchange(posted_head_, nullptr);
+  posted_tail_ = nullptr;
+  while (op != nullptr) {
+    operation* next = op->next;
+    op->waiter.resume();
+    op = next;
+  }
+  return true;
+}
+
+// --- I/O objects ----------------------------------------------------------------
+
+object_state* ring::open_object(int fd) {
+  if (free_ == nullptr) {
+    constexpr std::size_t chunk = 64;
+    chunks_.push_back(std::make_unique<object_state[]>(chunk));
+    for (std::size_t i = 0; i < chunk; ++i) {
+      chunks_.back()[i].next_free = free_;
+      free_ = &chunks_.back()[i];
+    }
+  }
+  object_state* s = free_;
+  free_ = s->next_free;
+  s->next_free = nullptr;
+  s->fd = fd;
+  s->closed = false;
+  s->in_flight = 0;
+  s->read_side = {};
+  s->write_side = {};
+  return s;
+}
+
+object_handle::object_handle(ring& r, int fd) : ring_(&r) {
+  try {
+    state_ = r.open_object(fd);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+}
+
+namespace {
+// Ends every operation waiting on side with ECANCELED, on the next turn.
+void cancel_waiting(ring& r, object_side& side) noexcept {
+  while (operation* op = side.first_waiting) {
+    side.first_waiting = op->next;
+    op->side = nullptr;
+    op->cancel_fn = nullptr;
+    op->res = -ECANCELED;
+    if (op->scope != nullptr)
+      op->scope->clear_current(op);
+    r.count_parked(-1);
+    if (!r.draining())
+      r.post(op);
+  }
+  side.last_waiting = nullptr;
+}
+} // namespace
+
+void ring::close_object(object_state* s, close_mode mode) noexcept {
+  if (s == nullptr || s->closed)
+    return;
+  s->closed = true;
+  if (foreign()) {
+    // A fork() child dropping what it inherited: its descriptor table is
+    // its own, the rings are not. Close the child's copy and touch nothing.
+    ::close(s->fd);
+    return;
+  }
+  cancel_waiting(*this, s->read_side);
+  cancel_waiting(*this, s->write_side);
+  if (s->in_flight == 0) {
+    release_descriptor(s);
+    return;
+  }
+  if (mode == close_mode::listener) {
+    // Stop listening now (a connect is refused from here on), even though
+    // the descriptor itself waits for the accept request to complete.
+    ::shutdown(s->fd, SHUT_RD);
+  }
+  // Cancel exactly this object's requests: the descriptor is still ours
+  // (it is closed only once they have completed), so cancelling by
+  // descriptor cannot reach anyone else's.
+  try {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, 0);
+  } catch (...) {
+    // No SQE: the requests complete on their own (a peer's data, a reset,
+    // teardown); the descriptor is closed after the last of them.
+    if (mode == close_mode::stream)
+      ::shutdown(s->fd, SHUT_RDWR); // makes them complete soon
+  }
+  if (!running_)
+    submit_now(); // nobody else will submit it soon
+}
+
+void ring::release_descriptor(object_state* s) noexcept {
+  assert(s->closed && s->in_flight == 0 && s->fd >= 0);
+  ::close(s->fd);
+  s->fd = -1;
+  ++s->generation; // an awaitable made before the close no longer matches
+  s->next_free = released_;
+  released_ = s;
+}
+
+void ring::recycle_released() noexcept {
+  while (object_state* s = released_) {
+    released_ = s->next_free;
+    s->next_free = free_;
+    free_ = s;
+  }
+}
+
+bool ring::take_side(operation* op) {
+  object_side* side = op->side;
+  if (side->active == nullptr) {
+    side->active = op;
+    return true;
+  }
+  // Wait in line. A deadline given by with_timeout counts from now, not
+  // from when the request is finally issued: make it absolute.
+  if (op->link_timeout != nullptr && (op->link_timeout_flags & IORING_TIMEOUT_ABS) == 0) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long ns = op->link_timeout->tv_nsec + now.tv_nsec;
+    op->link_timeout->tv_sec += now.tv_sec + ns / 1'000'000'000;
+    op->link_timeout->tv_nsec = ns % 1'000'000'000;
+    op->link_timeout_flags |= IORING_TIMEOUT_ABS;
+  }
+  op->next = nullptr;
+  if (side->last_waiting != nullptr)
+    side->last_waiting->next = op;
+  else
+    side->first_waiting = op;
+  side->last_waiting = op;
+  count_parked(+1);
+  op->cancel_fn = [](operation* waiting) noexcept {
+    // Cancelled while waiting in line: nothing was submitted, so end it here.
+    ring& r = *waiting->owner_ring;
+    leave_queue(waiting);
+    waiting->res = -ECANCELED;
+    if (waiting->scope != nullptr)
+      waiting->scope->clear_current(waiting);
+    r.post(waiting);
+  };
+  return false;
+}
+
+void ring::leave_queue(operation* op) noexcept {
+  object_side* side = op->side;
+  if (side == nullptr)
+    return;
+  if (side->active == op) {
+    side->active = nullptr; // teardown: the request was reaped, not finished
+    op->side = nullptr;
+    return;
+  }
+  operation* prev = nullptr;
+  for (operation* o = side->first_waiting; o != nullptr; prev = o, o = o->next) {
+    if (o != op)
+      continue;
+    (prev != nullptr ? prev->next : side->first_waiting) = o->next;
+    if (side->last_waiting == o)
+      side->last_waiting = prev;
+    op->owner_ring->count_parked(-1);
+    break;
+  }
+  op->side = nullptr;
+  op->cancel_fn = nullptr;
+}
+
+void ring::pass_side(operation* op) noexcept {
+  object_side* side = op->side;
+  op->side = nullptr;
+  side->active = nullptr;
+  // Issue the next operation in line; one whose request cannot be issued
+  // ends with that error and the one after it gets its turn.
+  while (operation* next = side->first_waiting) {
+    side->first_waiting = next->next;
+    if (side->first_waiting == nullptr)
+      side->last_waiting = nullptr;
+    count_parked(-1);
+    next->cancel_fn = nullptr;
+    side->active = next;
+    try {
+      next->issue_fn(next);
+      return;
+    } catch (const std::system_error& e) {
+      next->res = -e.code().value();
+    } catch (...) {
+      next->res = -ENOMEM;
+    }
+    side->active = nullptr;
+    next->side = nullptr;
+    if (next->scope != nullptr)
+      next->scope->clear_current(next);
+    post(next);
+  }
+}
+
+void ring::drain() noexcept {
+  draining_ = true;
+  if (broken_ || foreign())
+    return; // no CQE can be trusted, or none is ours to reap
+  submit_now();
+  using clock = std::chrono::steady_clock;
+  const auto give_up = clock::now() + std::chrono::seconds(10);
+  while (pending_ > 0 && clock::now() < give_up) {
+    try {
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+      io_uring_sqe_set_data64(sqe, 0);
+    } catch (...) {
+    }
+    // Cancelled requests complete quickly; wait a little for each round and
+    // cancel again what arrived in between (nothing new is started: no
+    // coroutine is resumed while draining).
+    __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 20'000'000};
+    io_uring_cqe* cqe = nullptr;
+    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    ++enter_count_;
+    reap();
+  }
+  recycle_released();
+}
+
+} // namespace couring::detail
