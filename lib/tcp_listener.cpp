@@ -27,13 +27,14 @@ tcp_listener::tcp_listener(detail::acceptor* a, io_context& ctx, const endpoint&
     : acceptor_(a), ctx_(&ctx), local_(local) {}
 
 tcp_listener::tcp_listener(tcp_listener&& other) noexcept
-    : acceptor_(std::exchange(other.acceptor_, nullptr)), ctx_(other.ctx_), local_(other.local_) {}
+    : acceptor_(std::exchange(other.acceptor_, nullptr)),
+      ctx_(std::exchange(other.ctx_, nullptr)), local_(other.local_) {}
 
 tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
   if (this != &other) {
     close();
     acceptor_ = std::exchange(other.acceptor_, nullptr);
-    ctx_ = other.ctx_;
+    ctx_ = std::exchange(other.ctx_, nullptr);
     local_ = other.local_;
   }
   return *this;
@@ -72,7 +73,7 @@ result<tcp_listener> tcp_listener::bind(io_context& ctx, const endpoint& local,
 }
 
 tcp_listener::accept_awaitable tcp_listener::accept() noexcept {
-  // A closed listener's accept fails with EBADF, but knows its context.
+  // A closed listener's accept fails, but knows its context.
   return accept_awaitable(acceptor_, ctx_ != nullptr ? &ctx_->ring() : nullptr);
 }
 
@@ -104,9 +105,15 @@ tcp_listener::accept_awaitable::~accept_awaitable() {
     acceptor_->remove_waiter(this); // the frame goes away while waiting (teardown)
 }
 
+// A closed listener's accept ends as close() ends a waiting one; one that
+// was never bound (or moved from) has no context at all.
+static int closed_listener_error(const detail::ring* r) noexcept {
+  return r != nullptr ? -ECANCELED : -EBADF;
+}
+
 bool tcp_listener::accept_awaitable::await_ready() noexcept {
   if (acceptor_ == nullptr) {
-    this->res = -EBADF;
+    this->res = closed_listener_error(this->owner_ring);
     return true;
   }
   return acceptor_->try_take(this->res);
@@ -116,7 +123,7 @@ bool tcp_listener::accept_awaitable::start(std::coroutine_handle<> awaiting,
                                            detail::cancel_scope* s) {
   this->scope = s;
   if (acceptor_ == nullptr) {
-    this->res = -EBADF;
+    this->res = closed_listener_error(this->owner_ring);
     return false;
   }
   if (acceptor_->try_take(this->res))
@@ -222,7 +229,8 @@ void acceptor::arm() {
 
 void acceptor::request_ended() noexcept {
   state_ = state::idle;
-  ring_->count_internal(-1);
+  if (!closed_)
+    ring_->count_internal(-1);
 }
 
 void acceptor::start_backoff() noexcept {
@@ -346,6 +354,10 @@ void acceptor::fail_all_waiters(int err) noexcept {
 }
 
 void acceptor::close_and_release() noexcept {
+  // A request still in flight is no longer background work: it is part of
+  // the close, and run() waits for it (the descriptor goes after it).
+  if (state_ != state::idle)
+    ring_->count_internal(-1);
   closed_ = true;
   fail_all_waiters(ECANCELED);
   while (queued_ > 0)

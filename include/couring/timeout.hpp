@@ -37,33 +37,107 @@ Result timed_out_if_cancelled(Result r, bool timer_fired) {
   return r;
 }
 
-// A single request with a linked timeout.
+// A single request with a linked timeout. If the request has to wait in
+// line on its object (another write is in progress), no request is in the
+// kernel yet to link a timeout to: a timer of our own then covers the wait
+// and the request, and cancels the operation wherever it is when it fires.
+// The awaiter resumes once both the operation and that timer are done.
+//
+// It derives from Op (privately) so that the completion functions can get
+// from the operation's record back to this awaitable without a pointer.
 template <class Op>
-class linked_timeout_awaitable {
+class linked_timeout_awaitable : private Op {
 public:
   using op_result = await_result_t<Op>;
 
   linked_timeout_awaitable(Op op, std::chrono::nanoseconds timeout) noexcept
-      : op_(std::move(op)), ts_(to_timespec(timeout)) {}
+      : Op(std::move(op)), ts_(to_timespec(timeout)) {}
+  linked_timeout_awaitable(linked_timeout_awaitable&& o) noexcept
+      : Op(std::move(static_cast<Op&>(o))), ts_(o.ts_) {}
 
   bool await_ready() const noexcept { return false; }
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> awaiting) {
+    Op& op = *this;
     // The ring links an IORING_OP_LINK_TIMEOUT behind the request when it
-    // issues it (later, if the request waits in line on its object).
-    op_.link_timeout = &ts_;
-    op_.link_timeout_res = 0; // stays 0 if the request never goes out
-    return op_.start(awaiting, scope_of(awaiting));
+    // issues it.
+    op.link_timeout = &ts_;
+    op.link_timeout_res = 0; // stays 0 if the request never goes out
+    if (!op.start(awaiting, scope_of(awaiting)))
+      return false;
+    if (op.side != nullptr && op.side->active != &op) [[unlikely]]
+      wait_in_line(awaiting);
+    return true;
   }
   op_result await_resume() {
+    Op& op = *this;
     // The kernel says which fired: the link timeout's own CQE is ETIME when
     // it expired (and cancelled the request), ECANCELED when the request won.
-    return timed_out_if_cancelled(op_.await_resume(), op_.link_timeout_res == -ETIME);
+    return timed_out_if_cancelled(op.await_resume(),
+                                  op.link_timeout_res == -ETIME || deadline_fired_);
   }
 
 private:
-  Op op_;
+  struct deadline_record : operation {
+    linked_timeout_awaitable* owner;
+  };
+
+  static linked_timeout_awaitable* self_of(operation* op) noexcept {
+    return static_cast<linked_timeout_awaitable*>(static_cast<Op*>(op));
+  }
+
+  void wait_in_line(std::coroutine_handle<> parent) {
+    Op& op = *this;
+    ring& r = *op.owner_ring;
+    op.link_timeout = nullptr; // not issued yet: our timer covers it instead
+    op.on_complete = &operation_done;
+    parent_ = parent;
+    remaining_ = 2;
+    deadline_.owner_ring = &r;
+    deadline_.owner = this;
+    deadline_.on_complete = &deadline_done;
+    try {
+      io_uring_sqe* sqe = r.get_sqe();
+      io_uring_prep_timeout(sqe, &ts_, 0, 0);
+      r.arm(sqe, &deadline_);
+    } catch (...) {
+      ring::leave_queue(&op); // nothing of ours is left anywhere
+      if (op.scope != nullptr)
+        op.scope->clear_current(&op);
+      throw;
+    }
+  }
+  static void operation_done(operation* op) noexcept {
+    auto* self = self_of(op);
+    op->owner_ring->settle(op);
+    self->operation_finished_ = true;
+    if (!self->deadline_fired_)
+      op->owner_ring->cancel(&self->deadline_);
+    self->join_one();
+  }
+  static void deadline_done(operation* d) noexcept {
+    auto* self = static_cast<deadline_record*>(d)->owner;
+    if (d->res == -ETIME && !self->operation_finished_) {
+      self->deadline_fired_ = true;
+      Op& op = *self;
+      if (op.cancel_fn != nullptr)
+        op.cancel_fn(&op); // still waiting in line
+      else
+        d->owner_ring->cancel(&op);
+    }
+    self->join_one();
+  }
+  void join_one() noexcept {
+    if (--remaining_ == 0)
+      parent_.resume();
+  }
+
   __kernel_timespec ts_{};
+  deadline_record deadline_{};
+  std::coroutine_handle<> parent_;
+  int remaining_ = 0;
+  bool operation_finished_ = false;
+  bool deadline_fired_ = false;
 };
 
 // A task with a timer beside it.

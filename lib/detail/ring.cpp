@@ -13,7 +13,6 @@
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 namespace couring::detail {
@@ -200,7 +199,7 @@ void ring::attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept {
   // get_sqe_for reserved two adjacent slots, so this cannot fail.
   io_uring_sqe* t = io_uring_get_sqe(&ring_);
   assert(t != nullptr);
-  io_uring_prep_link_timeout(t, op->link_timeout, op->link_timeout_flags);
+  io_uring_prep_link_timeout(t, op->link_timeout, 0);
   io_uring_sqe_set_data64(t, reinterpret_cast<std::uint64_t>(op) | link_timeout_tag);
   op->link_timeout_res = 0;
   ++op->outstanding;
@@ -253,7 +252,12 @@ bool ring::run_posted() {
   posted_tail_ = nullptr;
   while (op != nullptr) {
     operation* next = op->next;
-    op->waiter.resume();
+    // Its completion function, if it has one, learns the result first (a
+    // compound operation, with_timeout's wait in line).
+    if (op->on_complete != nullptr)
+      op->on_complete(op);
+    else
+      op->waiter.resume();
     op = next;
   }
   return true;
@@ -369,16 +373,7 @@ bool ring::take_side(operation* op) {
     side->active = op;
     return true;
   }
-  // Wait in line. A deadline given by with_timeout counts from now, not
-  // from when the request is finally issued: make it absolute.
-  if (op->link_timeout != nullptr && (op->link_timeout_flags & IORING_TIMEOUT_ABS) == 0) {
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long long ns = op->link_timeout->tv_nsec + now.tv_nsec;
-    op->link_timeout->tv_sec += now.tv_sec + ns / 1'000'000'000;
-    op->link_timeout->tv_nsec = ns % 1'000'000'000;
-    op->link_timeout_flags |= IORING_TIMEOUT_ABS;
-  }
+  // Wait in line (with_timeout arms a timer of its own for the wait).
   op->next = nullptr;
   if (side->last_waiting != nullptr)
     side->last_waiting->next = op;

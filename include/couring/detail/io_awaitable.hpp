@@ -10,8 +10,8 @@
 //
 // An operation on an I/O object names the object's state record and the
 // side it uses (reads or writes): it waits in line behind the operations
-// already on that side, and it fails with EBADF, without touching any
-// descriptor, if the object was closed before it started.
+// already on that side, and it ends with operation_canceled, without touching
+// any descriptor, if the object was closed before it started.
 
 #include <cerrno>
 #include <coroutine>
@@ -73,10 +73,12 @@ public:
     this->scope = s;
     if (on_object_ && (this->object == nullptr || this->object->closed ||
                        this->object->generation != generation_)) {
-      // Closed (or never opened) before this operation started: its
-      // descriptor number may already be someone else's.
+      // Closed before this operation started: close() ends it like every
+      // other operation on the object (its descriptor number may already be
+      // someone else's). An object never opened (or moved from) has no
+      // ring: EBADF.
       this->side = nullptr;
-      this->res = -EBADF;
+      this->res = this->owner_ring != nullptr ? -ECANCELED : -EBADF;
       return false;
     }
     if (s != nullptr && s->cancelled()) {

@@ -67,7 +67,6 @@ struct operation {
   cancel_scope* scope = nullptr;
   // with_timeout on a single request: an IORING_OP_LINK_TIMEOUT follows it.
   __kernel_timespec* link_timeout = nullptr;
-  unsigned link_timeout_flags = 0;
   operation* next = nullptr; // in a side's queue, or in the ring's posted list
 
   // Filled in by the completion (or by start() when nothing is submitted);
@@ -196,11 +195,16 @@ public:
   // resumes. (While the context is torn down nothing is resumed: dispatch
   // calls on_abandon instead.)
   void finish(operation* op) noexcept {
+    settle(op);
+    op->waiter.resume();
+  }
+  // finish without the resumption, for records that resume their waiter
+  // through a join of their own.
+  void settle(operation* op) noexcept {
     if (op->scope != nullptr)
       op->scope->clear_current(op);
     if (op->side != nullptr)
       pass_side(op);
-    op->waiter.resume();
   }
   // Resumes op's coroutine on the next loop turn, never inline: whoever ends
   // it is in the middle of something (a cancellation, a close). No allocation.
@@ -327,12 +331,14 @@ public:
   // Adopts fd. If no record can be had (out of memory) fd is closed and
   // std::bad_alloc thrown: the descriptor is never leaked.
   object_handle(ring& r, int fd);
+  // A moved-from handle is as if never opened (its operations give EBADF);
+  // a closed one keeps its ring (they give operation_canceled).
   object_handle(object_handle&& other) noexcept
-      : ring_(other.ring_), state_(std::exchange(other.state_, nullptr)) {}
+      : ring_(std::exchange(other.ring_, nullptr)), state_(std::exchange(other.state_, nullptr)) {}
   object_handle& operator=(object_handle&& other) noexcept {
     if (this != &other) {
       close();
-      ring_ = other.ring_;
+      ring_ = std::exchange(other.ring_, nullptr);
       state_ = std::exchange(other.state_, nullptr);
     }
     return *this;
