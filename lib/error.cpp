@@ -10,6 +10,8 @@ public:
     switch (static_cast<error>(value)) {
     case error::end_of_stream:
       return "end of stream before the requested number of bytes";
+    case error::end_of_file:
+      return "end of file before the requested range (the file is shorter, or shrank)";
     }
     return "unknown couring error";
   }

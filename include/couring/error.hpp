@@ -9,6 +9,7 @@ namespace couring {
 
 enum class error {
   end_of_stream = 1, // read_exactly: the peer closed before the buffer was full
+  end_of_file = 2,   // read_exactly_at, send_file: the file ended before the range did
 };
 
 const std::error_category& error_category() noexcept;

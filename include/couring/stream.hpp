@@ -169,6 +169,8 @@ public:
   int native_handle() const noexcept { return handle_.fd(); }
   // The context the stream was opened on (a default-constructed stream has none).
   io_context& context() const noexcept { return handle_.ring_ptr()->context(); }
+  // For operations built on top of streams (send_file).
+  const detail::object_handle& handle() const noexcept { return handle_; }
 
 protected:
   // For derived streams that know what fd is: no fstat.
