@@ -19,7 +19,8 @@ send_file_awaitable::send_file_awaitable(stream& out, const file& in, std::uint6
     : base(out.handle().ring_ptr(), out.handle().state(),
            out.handle().state() != nullptr ? &out.handle().state()->write_side : nullptr),
       file_state_(in.handle().state()),
-      file_generation_(file_state_ != nullptr ? file_state_->generation : 0), offset_(offset),
+      file_generation_(file_state_ != nullptr ? file_state_->generation : 0),
+      file_opened_(in.handle().ring_ptr() != nullptr), offset_(offset),
       count_(count), remaining_(count) {
   this->issue_fn = &send_file_awaitable::issue;
   this->on_complete = &main_done;
@@ -41,6 +42,7 @@ send_file_awaitable::send_file_awaitable(stream& out, const file& in, std::uint6
 
 send_file_awaitable::send_file_awaitable(send_file_awaitable&& o) noexcept
     : base(std::move(o)), file_state_(o.file_state_), file_generation_(o.file_generation_),
+      file_opened_(o.file_opened_),
       pipe_error_(o.pipe_error_), pipe_size_(o.pipe_size_), offset_(o.offset_),
       count_(o.count_), remaining_(o.remaining_) {
   this->issue_fn = &send_file_awaitable::issue; // base's move set its own
@@ -62,7 +64,7 @@ bool send_file_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel
       this->object->generation == this->generation_) {
     // out is usable; in and the pipe must be too, before anything starts.
     if (file_state_ == nullptr) {
-      this->res = -EBADF;
+      this->res = file_opened_ ? -ECANCELED : -EBADF;
       this->side = nullptr;
       return false;
     }
@@ -182,6 +184,11 @@ void send_file_awaitable::advance() noexcept {
     in_pipe_ -= static_cast<std::size_t>(m);
   } else if (stopped()) {
     end(-ECANCELED);
+    return;
+  } else if (m == -ENODATA) {
+    // The pages in the pipe were truncated away from the file meanwhile.
+    end_of_file_ = true;
+    end(0);
     return;
   } else if (m == -ECANCELED && paired_ && fill_res_ >= 0 &&
              static_cast<std::size_t>(fill_res_) < chunk_) {

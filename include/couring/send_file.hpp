@@ -75,6 +75,7 @@ private:
   fill_record fill_{};            // file -> pipe, counted on the file
   detail::object_state* file_state_ = nullptr;
   std::uint32_t file_generation_ = 0;
+  bool file_opened_ = false;      // in was opened once (closed: canceled, never: EBADF)
   int pipe_[2] = {-1, -1};
   int pipe_error_ = 0;            // errno of making the pipe, if that failed
   std::size_t pipe_size_ = 0;
