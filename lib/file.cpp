@@ -110,9 +110,9 @@ task<result<void>> write_file(io_context& ctx, std::string path, std::span<const
   std::string temporary;
   for (int attempt = 0; attempt < 16; ++attempt) {
     temporary = temporary_name(path);
-    f = co_await file::open(ctx, temporary,
-                            {.read = false, .write = true, .create = true, .exclusive = true,
-                             .mode = mode});
+    f = co_await file::open(
+        ctx, temporary,
+        {.read = false, .write = true, .create = true, .exclusive = true, .mode = mode});
     if (f || f.error() != std::errc::file_exists)
       break;
   }
@@ -137,7 +137,8 @@ task<result<void>> write_file(io_context& ctx, std::string path, std::span<const
 
   // The rename is durable once the directory entry is: fsync the directory.
   const std::string dir = directory_of(path);
-  auto dfd = co_await detail::open_awaitable(ctx, dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  auto dfd =
+      co_await detail::open_awaitable(ctx, dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
   if (!dfd)
     co_return dfd.error();
   file directory(ctx, *dfd);

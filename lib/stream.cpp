@@ -39,7 +39,8 @@ bool is_socket(int fd) noexcept {
 }
 } // namespace
 
-stream::stream(io_context& ctx, int fd) : stream(ctx, fd, is_socket(fd) ? kind::socket : kind::other) {}
+stream::stream(io_context& ctx, int fd)
+    : stream(ctx, fd, is_socket(fd) ? kind::socket : kind::other) {}
 
 stream::stream(io_context& ctx, int fd, kind k) : handle_(ctx.ring(), fd) {
   if (k == kind::other) {

@@ -120,8 +120,7 @@ TEST_CASE("file: short reads at the end of the file; read_exactly_at says end_of
   temp_dir dir;
   io_context ctx;
   auto body = [&]() -> task<void> {
-    auto f = co_await file::open(ctx, dir / "short",
-                                 {.read = true, .write = true, .create = true});
+    auto f = co_await file::open(ctx, dir / "short", {.read = true, .write = true, .create = true});
     require_ok(f);
     require_ok(co_await f->write_all_at(bytes("0123456789"), 0));
     std::byte buf[100];
@@ -187,9 +186,9 @@ TEST_CASE("file: 256 MiB round trip in 1 MiB pieces, 16 requests in flight, chec
   };
   const auto t0 = std::chrono::steady_clock::now();
   ctx.run(body());
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - t0)
-                      .count();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   WARN(pieces << " MiB written and read back in " << ms << " ms");
   CHECK(written_sum == read_sum);
   CHECK(written_sum != 0);
@@ -210,8 +209,8 @@ TEST_CASE("file: errors are values with their errno; file_error names the path")
     auto dir_for_writing = co_await file::open(ctx, dir.path, {.read = false, .write = true});
     CHECK(dir_for_writing.error() == std::errc::is_a_directory);
 
-    auto exclusive = co_await file::open(ctx, dir / "plain",
-                                         {.write = true, .create = true, .exclusive = true});
+    auto exclusive =
+        co_await file::open(ctx, dir / "plain", {.write = true, .create = true, .exclusive = true});
     CHECK(exclusive.error() == std::errc::file_exists);
 
     // Writing through a read-only descriptor.
@@ -266,7 +265,7 @@ TEST_CASE("file: EFBIG past RLIMIT_FSIZE (a child process with the limit and SIG
       auto all = f->write_all_at(big, 0);
       auto r = co_await all;
       // 4096 bytes fit; the rest is refused.
-      co_return r.error() == std::errc::file_too_large && all.transferred() == 4096 ? 0 : 1;
+      co_return r.error() == std::errc::file_too_large&& all.transferred() == 4096 ? 0 : 1;
     };
     return ctx.run(body());
   });

@@ -119,7 +119,9 @@ TEST_CASE("pipe: both ends are streams; end of stream; EPIPE (no SIGPIPE)") {
       require_ok(co_await reader.read_exactly(got));
       co_return got;
     };
-    auto fill = [&]() -> task<void> { require_ok(co_await writer.write_all(big)); };
+    auto fill = [&]() -> task<void> {
+      require_ok(co_await writer.write_all(big));
+    };
     auto [got, done] = co_await when_all(drain(), fill());
     CHECK(got == big);
 
@@ -143,7 +145,8 @@ TEST_CASE("pipe: both ends are streams; end of stream; EPIPE (no SIGPIPE)") {
   CHECK(sa.sa_handler == SIG_IGN); // it was the default: now ignored
 }
 
-TEST_CASE("pipe: a pending read ends with operation_canceled on close, timed_out under with_timeout") {
+TEST_CASE(
+    "pipe: a pending read ends with operation_canceled on close, timed_out under with_timeout") {
   io_context ctx;
   auto body = [&]() -> task<void> {
     auto p = pipe(ctx);
@@ -155,7 +158,9 @@ TEST_CASE("pipe: a pending read ends with operation_canceled on close, timed_out
       (void)co_await sleep_for(ctx, 20ms);
       p->first.close();
     };
-    auto reader = [&]() -> task<result<std::size_t>> { co_return co_await p->first.read(buf); };
+    auto reader = [&]() -> task<result<std::size_t>> {
+      co_return co_await p->first.read(buf);
+    };
     auto [r, ignored] = co_await when_all(reader(), close_later());
     CHECK(r.error() == std::errc::operation_canceled);
     // The writer still works, and sees the reader gone.
@@ -180,7 +185,8 @@ TEST_CASE("stream(ctx, fd) on a pipe descriptor picks read/write by itself") {
   ctx.run(body());
 }
 
-TEST_CASE("send_file: a whole file over loopback, checksummed by the peer; against read+write_all") {
+TEST_CASE(
+    "send_file: a whole file over loopback, checksummed by the peer; against read+write_all") {
   temp_dir dir;
   // 1 GiB; 128 MiB under sanitizers (COURING_TEST_TIME_SCALE > 1).
   const std::size_t pieces = time_scale() > 1 ? 128 : 1024;
@@ -219,7 +225,7 @@ TEST_CASE("send_file: a whole file over loopback, checksummed by the peer; again
   };
   ctx.run(body());
   WARN(pieces << " MiB over loopback: send_file " << mib_per_s(total, spliced)
-               << " MiB/s, read_at + write_all " << mib_per_s(total, copied) << " MiB/s");
+              << " MiB/s, read_at + write_all " << mib_per_s(total, copied) << " MiB/s");
 }
 
 TEST_CASE("send_file: a peer that resets after 1 MiB gives EPIPE/ECONNRESET and the count sent") {

@@ -130,10 +130,10 @@ task<void> examples(io_context& ctx, tcp_stream& stream) {
   std::string_view header = "header";
   std::byte block[4096];
   (co_await f->write_all_at(std::as_bytes(std::span(header)), 0)).value(); // throws if it failed
-  auto n = co_await f->read_at(block, 0);            // may be short; 0 at the end
+  auto n = co_await f->read_at(block, 0);                           // may be short; 0 at the end
   auto whole = co_await f->read_exactly_at(std::span(block, 6), 0); // error::end_of_file if short
-  (co_await f->sync_data()).value();                 // IORING_OP_FSYNC
-  auto size = co_await f->size();                    // IORING_OP_STATX
+  (co_await f->sync_data()).value();                                // IORING_OP_FSYNC
+  auto size = co_await f->size();                                   // IORING_OP_STATX
 
   // Whole files. write_file replaces atomically: a temporary in the same
   // directory, fsync, rename over the target, fsync of the directory.
@@ -148,8 +148,8 @@ task<void> examples(io_context& ctx, tcp_stream& stream) {
   // A file to a socket without copying through user space: file -> pipe ->
   // socket with IORING_OP_SPLICE. Holds the stream's write side throughout.
   auto sending = send_file(stream, *f, 0, *size);
-  auto sent = co_await sending;                      // bytes sent: *size on success
-  if (!sent) { /* EPIPE, ECONNRESET, error::end_of_file (the file shrank) */
+  auto sent = co_await sending; // bytes sent: *size on success
+  if (!sent) {                  /* EPIPE, ECONNRESET, error::end_of_file (the file shrank) */
     std::size_t so_far = sending.transferred();
     (void)so_far;
   }
@@ -173,8 +173,8 @@ task<int> signals_example(io_context& ctx) {
   // from a signalfd through the ring. Create it before starting other threads:
   // they inherit the mask (a thread that does not block them would take them).
   signal_set signals(ctx, {SIGINT, SIGTERM});
-  ::raise(SIGTERM); // (not in the README: someone sends it; blocked, it waits)
-  auto sig = co_await signals.wait();                // result<int>: SIGINT or SIGTERM
+  ::raise(SIGTERM);                   // (not in the README: someone sends it; blocked, it waits)
+  auto sig = co_await signals.wait(); // result<int>: SIGINT or SIGTERM
   // close() (or the destructor) ends a pending wait with operation_canceled and
   // unblocks what the set blocked.
   // ------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ TEST_CASE("signal_set: raise and kill reach the waiting task") {
       (void)co_await sleep_for(ctx, 10ms);
       ::raise(SIGUSR1); // this thread only
     };
-    auto waiter = [&]() -> task<result<int>> { co_return co_await signals.wait(); };
+    auto waiter = [&]() -> task<result<int>> {
+      co_return co_await signals.wait();
+    };
     auto [got, ignored] = co_await when_all(waiter(), raise_later());
     require_ok(got);
     CHECK(*got == SIGUSR1);
@@ -87,7 +89,9 @@ TEST_CASE("signal_set: a wait is cancellable; close with a wait pending gives op
       (void)co_await sleep_for(ctx, 10ms);
       signals.close();
     };
-    auto waiter2 = [&]() -> task<result<int>> { co_return co_await signals.wait(); };
+    auto waiter2 = [&]() -> task<result<int>> {
+      co_return co_await signals.wait();
+    };
     auto [closed, ignored2] = co_await when_all(waiter2(), close_later());
     CHECK(closed.error() == std::errc::operation_canceled);
     auto after = co_await signals.wait();

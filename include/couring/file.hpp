@@ -47,9 +47,9 @@ namespace couring {
 struct open_options {
   bool read = true;
   bool write = false;
-  bool create = false;    // O_CREAT: create the file if it does not exist
-  bool truncate = false;  // O_TRUNC: cut an existing file to length 0 (needs write)
-  bool append = false;    // O_APPEND: every write goes to the end, whatever its offset (implies write)
+  bool create = false;   // O_CREAT: create the file if it does not exist
+  bool truncate = false; // O_TRUNC: cut an existing file to length 0 (needs write)
+  bool append = false; // O_APPEND: every write goes to the end, whatever its offset (implies write)
   bool exclusive = false; // O_EXCL with create: EEXIST if the path exists already
   bool direct = false;    // O_DIRECT: bypass the page cache; buffers, offsets and
                           // lengths must then be aligned to the device's block size
@@ -142,7 +142,8 @@ public:
   public:
     sync_awaitable(const detail::object_handle& h, bool data_only) noexcept
         : io_awaitable(h.ring_ptr(), h.state(), nullptr), data_only_(data_only) {}
-    sync_awaitable(sync_awaitable&& o) noexcept : io_awaitable(std::move(o)), data_only_(o.data_only_) {}
+    sync_awaitable(sync_awaitable&& o) noexcept
+        : io_awaitable(std::move(o)), data_only_(o.data_only_) {}
     void prepare(io_uring_sqe* sqe) noexcept {
       io_uring_prep_fsync(sqe, this->object->fd, data_only_ ? IORING_FSYNC_DATASYNC : 0);
     }
@@ -242,7 +243,6 @@ task<result<void>> write_file(io_context& ctx, std::string path, std::span<const
 
 // std::system_error whose what() is "couring: <operation> <path>: <reason>",
 // for code that turns a file error into an exception.
-std::system_error file_error(std::error_code ec, std::string_view operation,
-                             std::string_view path);
+std::system_error file_error(std::error_code ec, std::string_view operation, std::string_view path);
 
 } // namespace couring

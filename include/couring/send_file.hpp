@@ -72,30 +72,29 @@ private:
   static void main_done(detail::operation* op) noexcept;
   static void fill_done(detail::operation* op) noexcept;
 
-  fill_record fill_{};            // file -> pipe, counted on the file
+  fill_record fill_{}; // file -> pipe, counted on the file
   detail::object_state* file_state_ = nullptr;
   std::uint32_t file_generation_ = 0;
-  bool file_opened_ = false;      // in was opened once (closed: canceled, never: EBADF)
+  bool file_opened_ = false; // in was opened once (closed: canceled, never: EBADF)
   int pipe_[2] = {-1, -1};
-  int pipe_error_ = 0;            // errno of making the pipe, if that failed
+  int pipe_error_ = 0; // errno of making the pipe, if that failed
   std::size_t pipe_size_ = 0;
-  std::uint64_t offset_ = 0;      // next byte of the file to splice
+  std::uint64_t offset_ = 0; // next byte of the file to splice
   std::size_t count_ = 0;
-  std::size_t remaining_ = 0;     // bytes not yet spliced out of the file
-  std::size_t in_pipe_ = 0;       // spliced into the pipe, not yet into the socket
+  std::size_t remaining_ = 0; // bytes not yet spliced out of the file
+  std::size_t in_pipe_ = 0;   // spliced into the pipe, not yet into the socket
   std::size_t sent_ = 0;
-  std::size_t chunk_ = 0;         // length of the current round's splices
+  std::size_t chunk_ = 0; // length of the current round's splices
   int main_res_ = 0;
   int fill_res_ = 0;
-  int parts_ = 0;                 // CQEs of the current round still to come
-  bool paired_ = false;           // the current round is fill + drain
+  int parts_ = 0;       // CQEs of the current round still to come
+  bool paired_ = false; // the current round is fill + drain
   bool end_of_file_ = false;
 };
 
 // Sends count bytes of in, from offset, to out (see the top of this header).
-[[nodiscard]] inline send_file_awaitable send_file(stream& out, const file& in,
-                                                   std::uint64_t offset,
-                                                   std::size_t count) noexcept {
+[[nodiscard]] inline send_file_awaitable
+send_file(stream& out, const file& in, std::uint64_t offset, std::size_t count) noexcept {
   return {out, in, offset, count};
 }
 

@@ -127,8 +127,7 @@ public:
     transfer_all_awaitable(transfer_all_awaitable&& o) noexcept : base(std::move(o)) {}
 
     template <class Pointer>
-    void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len,
-                      std::size_t) noexcept {
+    void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
       detail::prep_stream_transfer<Sending>(sqe, this->object, data, len);
     }
     static std::error_code early_end() noexcept { return make_error_code(error::end_of_stream); }
