@@ -3,7 +3,11 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <stop_token>
+
+#include <unistd.h>
 
 #include <couring/couring.hpp>
 
@@ -113,4 +117,96 @@ TEST_CASE("README: the timeout and cancellation examples run") {
     co_await readme_timeouts::examples(ctx, server, listener.local_endpoint());
   };
   ctx.run(body());
+}
+
+namespace readme_files {
+task<void> examples(io_context& ctx, tcp_stream& stream) {
+  // --- README "Files" ------------------------------------------------------------
+  // Open by path (IORING_OP_OPENAT); read and write at offsets; any number of
+  // requests in flight at once. Errors are values carrying the errno.
+  auto f = co_await file::open(ctx, "data.bin", {.read = true, .write = true, .create = true});
+  if (!f)
+    throw file_error(f.error(), "open", "data.bin"); // "couring: open data.bin: <reason>"
+  std::string_view header = "header";
+  std::byte block[4096];
+  (co_await f->write_all_at(std::as_bytes(std::span(header)), 0)).value(); // throws if it failed
+  auto n = co_await f->read_at(block, 0);                           // may be short; 0 at the end
+  auto whole = co_await f->read_exactly_at(std::span(block, 6), 0); // error::end_of_file if short
+  (co_await f->sync_data()).value();                                // IORING_OP_FSYNC
+  auto size = co_await f->size();                                   // IORING_OP_STATX
+
+  // Whole files. write_file replaces atomically: a temporary in the same
+  // directory, fsync, rename over the target, fsync of the directory.
+  std::string_view config = "{}";
+  auto written = co_await write_file(ctx, "config.json", std::as_bytes(std::span(config)));
+  auto bytes = co_await read_file(ctx, "config.json"); // result<std::vector<std::byte>>
+  // --- README "Pipes and send_file" ----------------------------------------------
+  // Both ends are streams (IORING_OP_READ/WRITE, since a pipe is not a socket).
+  auto [reader, writer] = pipe(ctx).value();
+  auto piped = co_await writer.write_all(std::string_view("through a pipe"));
+
+  // A file to a socket without copying through user space: file -> pipe ->
+  // socket with IORING_OP_SPLICE. Holds the stream's write side throughout.
+  auto sending = send_file(stream, *f, 0, *size);
+  auto sent = co_await sending; // bytes sent: *size on success
+  if (!sent) {                  /* EPIPE, ECONNRESET, error::end_of_file (the file shrank) */
+    std::size_t so_far = sending.transferred();
+    (void)so_far;
+  }
+  // ------------------------------------------------------------------------------
+  CHECK(n.value_or(0) == 6);
+  CHECK(whole.has_value());
+  CHECK(test_support::text(std::span(block, 6)) == "header");
+  CHECK(size.value_or(0) == 6);
+  CHECK(written.has_value());
+  CHECK(test_support::text(bytes.value()) == "{}");
+  CHECK(piped.has_value());
+  std::byte through[14];
+  test_support::require_ok(co_await reader.read_exactly(through));
+  CHECK(test_support::text(through) == "through a pipe");
+  CHECK(sent.value_or(0) == 6);
+}
+
+task<int> signals_example(io_context& ctx) {
+  // --- README "Signals" ----------------------------------------------------------
+  // Blocks SIGINT and SIGTERM in this thread (pthread_sigmask) and reads them
+  // from a signalfd through the ring. Create it before starting other threads:
+  // they inherit the mask (a thread that does not block them would take them).
+  signal_set signals(ctx, {SIGINT, SIGTERM});
+  ::raise(SIGTERM);                   // (not in the README: someone sends it; blocked, it waits)
+  auto sig = co_await signals.wait(); // result<int>: SIGINT or SIGTERM
+  // close() (or the destructor) ends a pending wait with operation_canceled and
+  // unblocks what the set blocked.
+  // ------------------------------------------------------------------------------
+  co_return sig.value_or(0);
+}
+} // namespace readme_files
+
+TEST_CASE("README: the files, pipes and send_file examples run") {
+  char dir[] = "/tmp/couring-readme-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  char* old_cwd = ::getcwd(nullptr, 0);
+  REQUIRE(::chdir(dir) == 0);
+  {
+    io_context ctx;
+    auto listener = test_support::loopback_listener(ctx);
+    auto body = [&]() -> task<void> {
+      auto [client, server] = co_await test_support::connect_pair(ctx, listener);
+      co_await readme_files::examples(ctx, server);
+      std::byte got[6];
+      test_support::require_ok(co_await client.read_exactly(got));
+      CHECK(test_support::text(got) == "header");
+    };
+    ctx.run(body());
+  }
+  ::unlink("data.bin");
+  ::unlink("config.json");
+  REQUIRE(::chdir(old_cwd) == 0);
+  std::free(old_cwd);
+  ::rmdir(dir);
+}
+
+TEST_CASE("README: the signals example runs") {
+  io_context ctx;
+  CHECK(ctx.run(readme_files::signals_example(ctx)) == SIGTERM);
 }

@@ -4,9 +4,13 @@
 
 #include <couring/endpoint.hpp>
 #include <couring/error.hpp>
+#include <couring/file.hpp>
 #include <couring/io_context.hpp>
 #include <couring/nop.hpp>
+#include <couring/pipe.hpp>
 #include <couring/result.hpp>
+#include <couring/send_file.hpp>
+#include <couring/signal_set.hpp>
 #include <couring/sleep.hpp>
 #include <couring/stop.hpp>
 #include <couring/stream.hpp>

@@ -1,10 +1,20 @@
 #pragma once
 
-// stream: a connected byte-stream socket whose reads and writes are io_uring
-// requests. tcp_stream (and every later stream type) is a stream; code written
-// against stream& works for all of them. read/write/write_all/read_exactly
-// return awaitables that live in the caller's frame: awaiting them allocates
-// nothing.
+// stream: a connected byte stream whose reads and writes are io_uring
+// requests. tcp_stream, the ends of a pipe (and every later stream type) are
+// streams; code written against stream& works for all of them.
+// read/write/write_all/read_exactly return awaitables that live in the
+// caller's frame: awaiting them allocates nothing.
+//
+// Sockets move bytes with IORING_OP_SEND/RECV (sends with MSG_NOSIGNAL: a
+// reset peer is EPIPE, never SIGPIPE). Other descriptors (pipes, FIFOs,
+// character devices) use IORING_OP_READ/WRITE at the current position; the
+// choice is made once, when the stream is constructed. Writing to a pipe
+// whose reader is gone raises SIGPIPE in the writing thread, and there is no
+// flag to prevent it: constructing a stream on a descriptor that is not a
+// socket therefore sets SIGPIPE to SIG_IGN for the process, if (and only if)
+// its disposition is still the default (which would kill the process). The
+// write then fails with EPIPE. A handler or an ignore you installed is kept.
 //
 // Order and overlap: reads are served one at a time in the order they were
 // started, and so are writes (a write_all counts as one: nothing else is
@@ -17,6 +27,7 @@
 // only after the last of them has completed. An awaitable made before the
 // close and awaited after it fails with EBADF.
 
+#include <algorithm>
 #include <cstddef>
 #include <span>
 #include <string_view>
@@ -25,6 +36,7 @@
 #include <sys/socket.h>
 
 #include <couring/detail/io_awaitable.hpp>
+#include <couring/detail/transfer_all.hpp>
 #include <couring/error.hpp>
 #include <couring/io_context.hpp>
 #include <couring/result.hpp>
@@ -38,13 +50,36 @@ inline result<std::size_t> byte_count(int res) noexcept {
     return errno_code(res);
   return static_cast<std::size_t>(res);
 }
+
+// One send (Sending) or receive of len bytes at data on s's descriptor.
+template <bool Sending, class Pointer>
+void prep_stream_transfer(io_uring_sqe* sqe, const object_state* s, Pointer data,
+                          std::size_t len) noexcept {
+  const auto n = static_cast<unsigned>(std::min<std::size_t>(len, 0x7ffff000));
+  if (s->use_read_write) [[unlikely]] {
+    // Not a socket: offset -1 is "the current position" (ignored by pipes).
+    if constexpr (Sending)
+      io_uring_prep_write(sqe, s->fd, data, n, static_cast<__u64>(-1));
+    else
+      io_uring_prep_read(sqe, s->fd, data, n, static_cast<__u64>(-1));
+  } else if constexpr (Sending) { // MSG_NOSIGNAL: a reset peer is EPIPE, never SIGPIPE
+    io_uring_prep_send(sqe, s->fd, data, n, MSG_NOSIGNAL);
+  } else {
+    io_uring_prep_recv(sqe, s->fd, data, n, 0);
+  }
+}
+
+// SIGPIPE from SIG_DFL to SIG_IGN, once per process (see the top of stream.hpp).
+void ignore_default_sigpipe() noexcept;
 } // namespace detail
 
 class stream {
 public:
   stream() noexcept = default;
-  // Adopts fd, a connected stream socket; closes it when destroyed.
-  stream(io_context& ctx, int fd) : handle_(ctx.ring(), fd) {}
+  // Adopts fd, a connected stream socket or any other byte stream (a pipe
+  // end, a FIFO, a terminal); closes it when destroyed. Which it is is asked
+  // of the kernel once (fstat).
+  stream(io_context& ctx, int fd);
 
   // --- awaitables -----------------------------------------------------------
   // One recv (Sending = false) or send (true) request.
@@ -59,10 +94,7 @@ public:
     transfer_awaitable(transfer_awaitable&& o) noexcept : base(std::move(o)), buf_(o.buf_) {}
 
     void prepare(io_uring_sqe* sqe) noexcept {
-      if constexpr (Sending) // MSG_NOSIGNAL: a reset peer is EPIPE, never SIGPIPE
-        io_uring_prep_send(sqe, this->object->fd, buf_.data(), buf_.size(), MSG_NOSIGNAL);
-      else
-        io_uring_prep_recv(sqe, this->object->fd, buf_.data(), buf_.size(), 0);
+      detail::prep_stream_transfer<Sending>(sqe, this->object, buf_.data(), buf_.size());
     }
     static result<std::size_t> make_result(int res) noexcept { return detail::byte_count(res); }
 
@@ -80,70 +112,25 @@ public:
 
   // Sends (write_all) or receives (read_exactly) the whole buffer, one request
   // at a time, re-arming from the completion itself instead of resuming the
-  // coroutine after each short transfer. It holds its side throughout.
-  // Cancellation or a close stops it between two requests; the bytes already
-  // moved stay moved (see transferred()).
+  // coroutine after each short transfer (detail/transfer_all.hpp). It holds
+  // its side throughout. Cancellation or a close stops it between two
+  // requests; the bytes already moved stay moved (see transferred()).
   template <bool Sending>
-  class transfer_all_awaitable : public detail::io_awaitable<transfer_all_awaitable<Sending>> {
-    using base = detail::io_awaitable<transfer_all_awaitable<Sending>>;
+  class transfer_all_awaitable
+      : public detail::transfer_all<transfer_all_awaitable<Sending>, Sending> {
+    using base = detail::transfer_all<transfer_all_awaitable<Sending>, Sending>;
 
   public:
-    static constexpr bool single_request = false;
-    using span_type = typename transfer_awaitable<Sending>::span_type;
+    using span_type = typename base::span_type;
     transfer_all_awaitable(const detail::object_handle& h, span_type buf) noexcept
-        : base(h.ring_ptr(), h.state(), transfer_awaitable<Sending>::side_of(h.state())),
-          buf_(buf) {
-      this->on_complete = &step;
-    }
-    transfer_all_awaitable(transfer_all_awaitable&& o) noexcept
-        : base(std::move(o)), buf_(o.buf_), done_(o.done_) {}
+        : base(h.ring_ptr(), h.state(), transfer_awaitable<Sending>::side_of(h.state()), buf) {}
+    transfer_all_awaitable(transfer_all_awaitable&& o) noexcept : base(std::move(o)) {}
 
-    bool await_ready() const noexcept { return buf_.empty(); }
-    result<void> await_resume() noexcept {
-      if (done_ == buf_.size())
-        return {};
-      if (this->res < 0)
-        return errno_code(this->res);
-      return make_error_code(error::end_of_stream);
+    template <class Pointer>
+    void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
+      detail::prep_stream_transfer<Sending>(sqe, this->object, data, len);
     }
-    // Bytes moved so far: after an error or a cancellation, exactly what the
-    // kernel took from (or put into) the buffer.
-    std::size_t transferred() const noexcept { return done_; }
-
-    void prepare(io_uring_sqe* sqe) noexcept {
-      const int fd = this->object->fd;
-      if constexpr (Sending)
-        io_uring_prep_send(sqe, fd, buf_.data() + done_, buf_.size() - done_, MSG_NOSIGNAL);
-      else
-        io_uring_prep_recv(sqe, fd, buf_.data() + done_, buf_.size() - done_, 0);
-    }
-
-  private:
-    static void step(detail::operation* op) noexcept {
-      auto* self = static_cast<transfer_all_awaitable*>(op);
-      if (op->res > 0) {
-        self->done_ += static_cast<std::size_t>(op->res);
-        if (self->done_ < self->buf_.size()) {
-          // Re-arm only on an open object whose scope is not cancelled: a
-          // close or a cancel that came between two requests found nothing
-          // of ours in flight, and is honoured here.
-          if (op->object->closed || (op->scope != nullptr && op->scope->cancelled())) {
-            op->res = -ECANCELED;
-          } else {
-            try {
-              base::issue(op);
-              return;
-            } catch (const std::system_error& e) {
-              op->res = -e.code().value();
-            }
-          }
-        }
-      }
-      op->owner_ring->finish(op);
-    }
-
-    span_type buf_;
-    std::size_t done_ = 0;
+    static std::error_code early_end() noexcept { return make_error_code(error::end_of_stream); }
   };
   using write_all_awaitable = transfer_all_awaitable<true>;
   using read_exactly_awaitable = transfer_all_awaitable<false>;
@@ -181,8 +168,14 @@ public:
   int native_handle() const noexcept { return handle_.fd(); }
   // The context the stream was opened on (a default-constructed stream has none).
   io_context& context() const noexcept { return handle_.ring_ptr()->context(); }
+  // For operations built on top of streams (send_file).
+  const detail::object_handle& handle() const noexcept { return handle_; }
 
 protected:
+  // For derived streams that know what fd is: no fstat.
+  enum class kind { socket, other };
+  stream(io_context& ctx, int fd, kind k);
+
   detail::object_handle handle_;
 };
 

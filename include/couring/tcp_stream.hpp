@@ -25,7 +25,7 @@ class tcp_stream : public stream {
 public:
   tcp_stream() noexcept = default;
   // Adopts fd, a connected TCP socket; closes it when destroyed.
-  tcp_stream(io_context& ctx, int fd) : stream(ctx, fd) {}
+  tcp_stream(io_context& ctx, int fd) : stream(ctx, fd, kind::socket) {}
 
   // Opens a socket, binds it to options.local if given, and connects.
   static task<result<tcp_stream>> connect(io_context& ctx, endpoint remote,

@@ -279,6 +279,7 @@ object_state* ring::open_object(int fd) {
   s->next_free = nullptr;
   s->fd = fd;
   s->closed = false;
+  s->use_read_write = false;
   s->in_flight = 0;
   s->read_side = {};
   s->write_side = {};

@@ -93,7 +93,9 @@ public:
       return true;
     }
     try {
-      issue(this);
+      // Derived's own issue if it has one (a compound operation whose first
+      // request is not its own record's), io_awaitable::issue otherwise.
+      Derived::issue(this);
     } catch (...) {
       if (this->side != nullptr) {
         // Give the side back so that the next in line is not stuck.

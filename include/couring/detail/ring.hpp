@@ -108,6 +108,10 @@ struct object_state {
   std::uint32_t generation = 0;
   std::uint32_t in_flight = 0; // requests on fd whose final CQE is not in
   bool closed = true;
+  // Streams on descriptors that are not sockets (pipes, FIFOs, terminals)
+  // move bytes with IORING_OP_READ/WRITE instead of RECV/SEND, which fail
+  // there with ENOTSOCK. Set once when the object is opened.
+  bool use_read_write = false;
   object_side read_side;
   object_side write_side;
   object_state* next_free = nullptr;

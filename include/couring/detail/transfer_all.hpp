@@ -1,0 +1,86 @@
+#pragma once
+
+// transfer_all: the compound operation behind stream::write_all/read_exactly
+// and file::write_all_at/read_exactly_at. It moves a whole buffer one request
+// at a time, re-arming from the completion itself instead of resuming the
+// coroutine after each short transfer.
+//
+// Derived supplies
+//   void prepare_part(io_uring_sqe*, int fd, pointer data, std::size_t len,
+//                     std::size_t done) noexcept   -- one request for the rest
+//   static std::error_code early_end() noexcept    -- what a 0-byte transfer
+//                                                     before the end means
+// A close or a cancellation stops it between two requests; the bytes already
+// moved stay moved (transferred()).
+
+#include <cerrno>
+#include <cstddef>
+#include <span>
+#include <system_error>
+#include <type_traits>
+
+#include <couring/detail/io_awaitable.hpp>
+#include <couring/result.hpp>
+
+namespace couring::detail {
+
+template <class Derived, bool Sending>
+class transfer_all : public io_awaitable<Derived> {
+  using base = io_awaitable<Derived>;
+
+public:
+  static constexpr bool single_request = false;
+  using span_type = std::conditional_t<Sending, std::span<const std::byte>, std::span<std::byte>>;
+
+  transfer_all(ring* r, object_state* s, object_side* side, span_type buf) noexcept
+      : base(r, s, side), buf_(buf) {
+    this->on_complete = &step;
+  }
+  transfer_all(transfer_all&& o) noexcept : base(std::move(o)), buf_(o.buf_), done_(o.done_) {}
+
+  bool await_ready() const noexcept { return buf_.empty(); }
+  result<void> await_resume() noexcept {
+    if (done_ == buf_.size())
+      return {};
+    if (this->res < 0)
+      return errno_code(this->res);
+    return Derived::early_end();
+  }
+  // Bytes moved so far: after an error or a cancellation, exactly what the
+  // kernel took from (or put into) the buffer.
+  std::size_t transferred() const noexcept { return done_; }
+
+  void prepare(io_uring_sqe* sqe) noexcept {
+    static_cast<Derived*>(this)->prepare_part(sqe, this->object->fd, buf_.data() + done_,
+                                              buf_.size() - done_, done_);
+  }
+
+private:
+  static void step(operation* op) noexcept {
+    auto* self = static_cast<transfer_all*>(static_cast<Derived*>(op));
+    if (op->res > 0) {
+      self->done_ += static_cast<std::size_t>(op->res);
+      if (self->done_ < self->buf_.size()) {
+        // Re-arm only on an open object whose scope is not cancelled: a
+        // close or a cancel that came between two requests found nothing
+        // of ours in flight, and is honoured here.
+        if (op->object->closed || (op->scope != nullptr && op->scope->cancelled())) {
+          op->res = -ECANCELED;
+        } else {
+          try {
+            base::issue(op);
+            return;
+          } catch (const std::system_error& e) {
+            op->res = -e.code().value();
+          }
+        }
+      }
+    }
+    op->owner_ring->finish(op);
+  }
+
+  span_type buf_;
+  std::size_t done_ = 0;
+};
+
+} // namespace couring::detail
