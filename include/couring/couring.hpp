@@ -6,6 +6,7 @@
 #include <couring/error.hpp>
 #include <couring/io_context.hpp>
 #include <couring/nop.hpp>
+#include <couring/resolve.hpp>
 #include <couring/result.hpp>
 #include <couring/sleep.hpp>
 #include <couring/stop.hpp>
