@@ -60,6 +60,7 @@
 #include <new>
 
 #include <ares.h>
+#include <arpa/inet.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -380,7 +381,11 @@ private:
     char lookups_hosts_first[] = "fb";
     char lookups_dns_only[] = "b";
     o.lookups = options_.hosts_file ? lookups_hosts_first : lookups_dns_only;
-    o.flags = options_.search_domains ? 0 : ARES_FLAG_NOSEARCH;
+    // NOCHECKRESP: a SERVFAIL or REFUSED answer ends the query with that
+    // error. Without it c-ares 1.18 moves on to the next server and, when
+    // none is left, reports "connection refused" -- losing what the server
+    // said. The price: such an answer is not retried on another server.
+    o.flags = ARES_FLAG_NOCHECKRESP | (options_.search_domains ? 0 : ARES_FLAG_NOSEARCH);
     if (options_.timeout.count() > 0) {
       mask |= ARES_OPT_TIMEOUTMS;
       o.timeout = static_cast<int>(options_.timeout.count());
@@ -715,7 +720,7 @@ result<std::vector<endpoint>> resolve_op::take() {
     ai = nullptr;
   }
   if (out.empty())
-    return resolve_error::no_address;
+    return make_error_code(resolve_error::no_address);
   return out;
 }
 
@@ -757,6 +762,15 @@ task<result<std::vector<endpoint>>> resolve(io_context& ctx, std::string_view ho
     return fail(resolve_error::not_supported);
   if (service.find('\0') != std::string_view::npos)
     return fail(resolve_error::unknown_service);
+  // A numeric address of the other family has no address of this one; c-ares
+  // would send it to the name servers as a name.
+  if (family != AF_UNSPEC) {
+    const std::string text(host);
+    unsigned char buf[sizeof(in6_addr)];
+    const int other = family == AF_INET ? AF_INET6 : AF_INET;
+    if (inet_pton(other, text.c_str(), buf) == 1)
+      return fail(resolve_error::no_address);
+  }
   // The strings are copied into the frame: the task starts later, when a
   // temporary argument would be gone.
   return detail::resolve_task(ctx, std::string(host), std::string(service), family);
