@@ -234,10 +234,10 @@ struct watched_socket {
   poll_op poll;
   bool want_read = false;
   bool want_write = false;
-  bool closed = false;          // c-ares closed it (the descriptor may still be open)
-  bool poll_in_flight = false;  // a POLL_ADD whose CQE is not in yet
-  bool cancel_sent = false;     // that poll was asked to stop (events changed)
-  bool processing = false;      // inside ares_process_fd for this socket
+  bool closed = false;         // c-ares closed it (the descriptor may still be open)
+  bool poll_in_flight = false; // a POLL_ADD whose CQE is not in yet
+  bool cancel_sent = false;    // that poll was asked to stop (events changed)
+  bool processing = false;     // inside ares_process_fd for this socket
   unsigned armed_events = 0;
 };
 
@@ -518,8 +518,8 @@ private:
   void reap_socket(watched_socket* w) noexcept {
     if (!w->closed || w->poll_in_flight || w->processing)
       return;
-    auto it = std::find_if(sockets_.begin(), sockets_.end(),
-                           [w](const auto& p) { return p.get() == w; });
+    auto it =
+        std::find_if(sockets_.begin(), sockets_.end(), [w](const auto& p) { return p.get() == w; });
     if (it != sockets_.end())
       sockets_.erase(it);
   }
@@ -707,8 +707,7 @@ result<std::vector<endpoint>> resolve_op::take() {
   if (status != ARES_SUCCESS)
     return from_ares(status);
   std::vector<endpoint> out;
-  for (ares_addrinfo_node* n = ai != nullptr ? ai->nodes : nullptr; n != nullptr;
-       n = n->ai_next) {
+  for (ares_addrinfo_node* n = ai != nullptr ? ai->nodes : nullptr; n != nullptr; n = n->ai_next) {
     auto ep = endpoint::from_sockaddr(n->ai_addr, static_cast<socklen_t>(n->ai_addrlen));
     if (!ep)
       continue; // a family we do not know: skip it
@@ -755,21 +754,26 @@ result<void> configure_resolver(io_context& ctx, resolver_options options) {
 task<result<std::vector<endpoint>>> resolve(io_context& ctx, std::string_view host,
                                             std::string_view service, int family) {
   // Checked here, before the lazy task: a bad argument is a value too.
-  auto fail = [](std::error_code ec) -> task<result<std::vector<endpoint>>> { co_return ec; };
+  auto fail = [](std::error_code ec) -> task<result<std::vector<endpoint>>> {
+    co_return ec;
+  };
   if (!detail::valid_host(host))
     return fail(resolve_error::bad_name);
   if (family != AF_UNSPEC && family != AF_INET && family != AF_INET6)
     return fail(resolve_error::not_supported);
   if (service.find('\0') != std::string_view::npos)
     return fail(resolve_error::unknown_service);
-  // A numeric address of the other family has no address of this one; c-ares
-  // would send it to the name servers as a name.
-  if (family != AF_UNSPEC) {
-    const std::string text(host);
-    unsigned char buf[sizeof(in6_addr)];
-    const int other = family == AF_INET ? AF_INET6 : AF_INET;
-    if (inet_pton(other, text.c_str(), buf) == 1)
+  // A numeric address is answered by c-ares without a query only when the
+  // family asked for is exactly its own (1.18 sends "127.0.0.1" to the name
+  // servers under AF_UNSPEC); one of the other family has no address at all.
+  const std::string text(host);
+  unsigned char buf[sizeof(in6_addr)];
+  for (int numeric : {AF_INET, AF_INET6}) {
+    if (inet_pton(numeric, text.c_str(), buf) != 1)
+      continue;
+    if (family != AF_UNSPEC && family != numeric)
       return fail(resolve_error::no_address);
+    family = numeric;
   }
   // The strings are copied into the frame: the task starts later, when a
   // temporary argument would be gone.

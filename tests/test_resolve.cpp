@@ -323,8 +323,8 @@ public:
     o.servers = address();
     o.timeout = timeout;
     o.tries = tries;
-    o.hosts_file = false;      // *.couring.test never comes from /etc/hosts
-    o.search_domains = false;  // nor from resolv.conf's search list
+    o.hosts_file = false;     // *.couring.test never comes from /etc/hosts
+    o.search_domains = false; // nor from resolv.conf's search list
     return o;
   }
 
@@ -342,8 +342,8 @@ private:
       auto d = co_await udp_.recv(buf);
       if (!d)
         co_return; // closed
-      auto replies = zone_.answer(reinterpret_cast<const std::uint8_t*>(buf.data()), d->size,
-                                  false);
+      auto replies =
+          zone_.answer(reinterpret_cast<const std::uint8_t*>(buf.data()), d->size, false);
       for (reply& r : replies) {
         if (r.delay.count() > 0) {
           ctx_.spawn(send_later(std::move(r.data), r.delay, d->from, d->from_len));
@@ -359,8 +359,8 @@ private:
       std::byte len_bytes[2];
       if (!co_await s.read_exactly(len_bytes))
         co_return;
-      const std::size_t len = static_cast<std::size_t>(std::to_integer<unsigned>(len_bytes[0]) << 8 |
-                                                       std::to_integer<unsigned>(len_bytes[1]));
+      const std::size_t len = static_cast<std::size_t>(
+          std::to_integer<unsigned>(len_bytes[0]) << 8 | std::to_integer<unsigned>(len_bytes[1]));
       std::vector<std::byte> q(len);
       if (!co_await s.read_exactly(q))
         co_return;
@@ -696,7 +696,9 @@ TEST_CASE("resolve: destroying the context with a resolution pending") {
       FAIL("the resolution should never finish: " << (r ? "ok" : r.error().message()));
     };
     ctx.spawn(pending());
-    auto wait = [&]() -> task<void> { (void)co_await sleep_for(ctx, 50ms); };
+    auto wait = [&]() -> task<void> {
+      (void)co_await sleep_for(ctx, 50ms);
+    };
     ctx.run(wait());
   }
   CHECK(test_support::open_fd_count() == fds_before);

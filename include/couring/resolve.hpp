@@ -57,8 +57,8 @@ struct resolver_options {
   // Wait for an answer before the first retry (c-ares doubles it per round);
   // zero: resolv.conf's or c-ares' default (5 s).
   std::chrono::milliseconds timeout{0};
-  int tries = 0;             // attempts per server; 0: the default (4)
-  bool hosts_file = true;    // look in /etc/hosts before asking the servers
+  int tries = 0;              // attempts per server; 0: the default (4)
+  bool hosts_file = true;     // look in /etc/hosts before asking the servers
   bool search_domains = true; // resolv.conf's search list for short names
 };
 
