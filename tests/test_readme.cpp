@@ -209,4 +209,35 @@ TEST_CASE("README: the files, pipes and send_file examples run") {
 TEST_CASE("README: the signals example runs") {
   io_context ctx;
   CHECK(ctx.run(readme_files::signals_example(ctx)) == SIGTERM);
+namespace readme_names {
+task<void> examples(io_context& ctx, std::string port) {
+  // --- README "Names" --------------------------------------------------------------
+  // "host:port": a numeric address connects directly; a name is resolved, and
+  // its IPv6 and IPv4 addresses are raced (RFC 8305 Happy Eyeballs: families
+  // interleaved, the next attempt 250 ms after the previous unless it failed).
+  auto conn = co_await tcp_stream::connect(ctx, "localhost:" + port);
+
+  // The addresses themselves, best first (RFC 6724 order).
+  auto addrs = co_await resolve(ctx, "localhost", port);
+  if (!addrs && addrs.error() == resolve_error::no_such_name) { /* NXDOMAIN */
+  }
+
+  // Other name servers, shorter timeouts (also how the tests reach their own
+  // DNS server); before the first resolve, or while none is pending.
+  auto configured = configure_resolver(ctx, {.servers = "127.0.0.1:5353", .timeout = 500ms});
+  // ------------------------------------------------------------------------------
+  CHECK(conn.has_value());
+  CHECK(configured.has_value());
+  REQUIRE(addrs.has_value());
+  CHECK(!addrs->empty());
+}
+} // namespace readme_names
+
+TEST_CASE("README: the names example runs") {
+  io_context ctx;
+  // Nothing answers on 127.0.0.1:9: only /etc/hosts can (the tests never ask
+  // the machine's own name servers).
+  REQUIRE(configure_resolver(ctx, {.servers = "127.0.0.1:9", .timeout = 100ms, .tries = 1}));
+  auto listener = test_support::loopback_listener(ctx);
+  ctx.run(readme_names::examples(ctx, std::to_string(listener.local_endpoint().port())));
 }

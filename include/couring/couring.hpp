@@ -8,6 +8,7 @@
 #include <couring/io_context.hpp>
 #include <couring/nop.hpp>
 #include <couring/pipe.hpp>
+#include <couring/resolve.hpp>
 #include <couring/result.hpp>
 #include <couring/send_file.hpp>
 #include <couring/signal_set.hpp>

@@ -10,6 +10,7 @@
 #include <coroutine>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -23,6 +24,14 @@ namespace couring {
 
 namespace detail {
 class spawned_promise;
+
+// Per-context state of an optional part of the library (the name resolver),
+// made on first use and owned by the context: destroyed after the context's
+// frames and before its ring, so that it can still close what it holds.
+class context_service {
+public:
+  virtual ~context_service() = default;
+};
 } // namespace detail
 
 class io_context {
@@ -97,6 +106,8 @@ public:
   void request_cancel(detail::cancel_scope* scope) noexcept;
   // Drops a queued request for scope (its owner is going away).
   void forget_cancel(detail::cancel_scope* scope) noexcept;
+  // The resolver's per-context state (lib/resolve.cpp); empty until first use.
+  std::unique_ptr<detail::context_service>& resolver_slot() noexcept { return resolver_; }
 
 private:
   friend class detail::spawned_promise;
@@ -128,6 +139,10 @@ private:
   std::mutex remote_mutex_;
   detail::cancel_scope* remote_head_ = nullptr;
   std::atomic<bool> remote_pending_{false};
+
+  // Last member: destroyed first, after the destructor's body (frames gone,
+  // every CQE reaped) and before the ring.
+  std::unique_ptr<detail::context_service> resolver_;
 };
 
 } // namespace couring

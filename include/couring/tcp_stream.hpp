@@ -4,7 +4,10 @@
 // are those of every stream (stream.hpp); this adds connecting and TCP's
 // own options.
 
+#include <chrono>
 #include <optional>
+#include <string_view>
+#include <vector>
 
 #include <couring/detail/io_awaitable.hpp>
 #include <couring/endpoint.hpp>
@@ -16,9 +19,12 @@
 namespace couring {
 
 struct connect_options {
-  std::optional<endpoint> local; // bind here before connecting (the seed's client does)
+  std::optional<endpoint> local; // bind here before connecting (the seed's client does);
+                                 // a name then resolves to that family only
   bool reuse_address = true;     // SO_REUSEADDR on that bind, so a rerun can reuse the port
   bool no_delay = false;         // TCP_NODELAY
+  // Happy Eyeballs: how long an attempt runs alone before the next starts.
+  std::chrono::milliseconds attempt_delay{250};
 };
 
 class tcp_stream : public stream {
@@ -30,6 +36,18 @@ public:
   // Opens a socket, binds it to options.local if given, and connects.
   static task<result<tcp_stream>> connect(io_context& ctx, endpoint remote,
                                           connect_options options = {});
+  // "host:port" or "[v6]:port". A numeric address is connected to directly;
+  // a name is resolved (resolve.hpp) and its addresses raced as RFC 8305
+  // (Happy Eyeballs) says: families interleaved, each attempt started 250 ms
+  // after the one before it -- or as soon as that one failed --, the first
+  // connection wins and the others are cancelled and closed. Every attempt
+  // failing gives the last attempt's error.
+  static task<result<tcp_stream>> connect(io_context& ctx, std::string_view host_and_port,
+                                          connect_options options = {});
+  // The same race over addresses already resolved, in the order given
+  // (connect(ctx, "host:port") interleaves the families first).
+  static task<result<tcp_stream>> connect_any(io_context& ctx, std::vector<endpoint> remotes,
+                                              connect_options options = {});
 
   class connect_awaitable : public detail::io_awaitable<connect_awaitable> {
   public:
