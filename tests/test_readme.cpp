@@ -209,6 +209,8 @@ TEST_CASE("README: the files, pipes and send_file examples run") {
 TEST_CASE("README: the signals example runs") {
   io_context ctx;
   CHECK(ctx.run(readme_files::signals_example(ctx)) == SIGTERM);
+}
+
 namespace readme_names {
 task<void> examples(io_context& ctx, std::string port) {
   // --- README "Names" --------------------------------------------------------------

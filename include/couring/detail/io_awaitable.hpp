@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <coroutine>
+#include <utility>
 
 #include <couring/detail/cancel_scope.hpp>
 #include <couring/detail/ring.hpp>
@@ -46,7 +47,7 @@ public:
     init(other.owner_ring);
     this->on_complete = other.on_complete;
     this->object = other.object;
-    this->side = other.side;
+    this->side = std::exchange(other.side, nullptr); // the moved-from one waits nowhere
     generation_ = other.generation_;
     on_object_ = other.on_object_;
   }
