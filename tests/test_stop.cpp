@@ -43,7 +43,7 @@ TEST_CASE("with_stop_token: a stop from another thread cancels a task deep down"
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
     std::stop_source source;
-    std::thread other([&] {
+    joining_thread other([&] {
       std::this_thread::sleep_for(30ms);
       source.request_stop();
     });
@@ -53,7 +53,7 @@ TEST_CASE("with_stop_token: a stop from another thread cancels a task deep down"
     other.join();
     REQUIRE_FALSE(r);
     CHECK(r.error() == std::errc::operation_canceled);
-    CHECK(clock_type::now() - t0 < scaled(2s));
+    CHECK(clock_type::now() - t0 < scaled(10s)); // it came, not how fast
   };
   ctx.run(body());
 }

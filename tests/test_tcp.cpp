@@ -101,7 +101,12 @@ TEST_CASE("a round trip over IPv6 loopback") {
   io_context ctx;
   auto listener = tcp_listener::bind(ctx, endpoint::ipv6_loopback(0));
   if (!listener) {
-    WARN("no IPv6 loopback here: " << listener.error().message());
+    // Only a machine without ::1 (IPv6 disabled) is a reason; any other
+    // error is a failure.
+    const auto e = listener.error();
+    REQUIRE(
+        (e == std::errc::address_not_available || e == std::errc::address_family_not_supported));
+    declare_skip("no IPv6 loopback (::1) here: " + e.message());
     return;
   }
   auto body = [&]() -> task<std::string> {
