@@ -1,56 +1,49 @@
-// The README's examples, compiled and run, so that they stay true.
+// The README's ```cpp blocks, compiled and run as written: readme_blocks.py
+// extracts them at build time into readme_blocks.hpp (its header comment
+// gives the convention). Programs run in a child process, checked by the
+// checker their marker names; fragments run inside a context here, with the
+// names they use provided below, and check their own results through
+// readme_checks.
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <csignal>
+#include <functional>
+#include <map>
 #include <stop_token>
+#include <string>
+#include <vector>
+
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <couring/couring.hpp>
 
 #include "support.hpp"
 
-using namespace couring;
 using namespace std::chrono_literals;
 
-namespace readme_echo {
-// --- README "An echo server" (main() replaced by the test below) ---------------
-task<void> echo(tcp_stream stream) {
-  std::byte buf[4096];
-  for (;;) {
-    auto n = co_await stream.read(buf);
-    if (!n || *n == 0)
-      co_return; // error or end of stream: the destructor closes
-    if (!co_await stream.write_all(std::span(buf, *n)))
-      co_return;
-  }
-}
+struct readme_program {
+  const char* where;
+  const char* checker;
+  std::vector<std::string> args;
+  std::function<int()> main;
+};
 
-task<void> serve(io_context& ctx, tcp_listener listener) {
-  for (;;) {
-    auto conn = co_await listener.accept();
-    if (conn)
-      ctx.spawn(echo(std::move(*conn)));
-  }
-}
-} // namespace readme_echo
+struct readme_fragment {
+  const char* where;
+  couring::task<void> (*run)(couring::io_context&, couring::tcp_stream&, const couring::endpoint&);
+};
 
-TEST_CASE("README: the echo server echoes") {
-  io_context ctx;
-  auto listener = tcp_listener::bind(ctx, endpoint::parse("127.0.0.1:0").value()).value();
-  const endpoint ep = listener.local_endpoint();
-  ctx.spawn(readme_echo::serve(ctx, std::move(listener)));
-  auto client = [&]() -> task<std::string> {
-    auto s = co_await tcp_stream::connect(ctx, ep);
-    test_support::require_ok(s);
-    test_support::require_ok(co_await s->write_all(std::string_view("echo me")));
-    std::byte buf[7];
-    test_support::require_ok(co_await s->read_exactly(buf));
-    co_return test_support::text(buf);
-  };
-  CHECK(ctx.run(client()) == "echo me");
-}
+// Names the README's fragments use without defining them.
+namespace readme_env {
+using namespace couring;
 
-namespace readme_timeouts {
 task<result<std::size_t>> handle_request(tcp_stream& stream) {
   std::byte b[16];
   co_return co_await stream.read(b);
@@ -65,52 +58,145 @@ task<result<std::size_t>> read_reply(tcp_stream& stream) {
 task<void> heartbeat(io_context& ctx) {
   (void)co_await sleep_for(ctx, 20ms);
 }
+} // namespace readme_env
 
-task<void> examples(io_context& ctx, tcp_stream& stream, const endpoint& remote) {
-  std::byte buf[16];
-  int x = 1, y = 2;
-  // --- README "Timeouts and cancellation" ---------------------------------------
-  // A deadline on one operation: an IORING_OP_LINK_TIMEOUT linked to the read.
-  auto n = co_await with_timeout(stream.read(buf), 5s);
-  if (!n && n.error() == std::errc::timed_out) { /* the peer was silent */
-  }
-
-  // A deadline on a whole task: when it expires, whatever operation the task is
-  // suspended on -- however deeply nested -- is cancelled.
-  auto conn = co_await with_timeout(tcp_stream::connect(ctx, remote), 100ms);
-
-  // Cancellation from anywhere (any thread) through std::stop_token.
-  std::stop_source stop;
-  stop.request_stop();
-  auto r = co_await with_stop_token(handle_request(stream), stop.get_token());
-
-  // Timers, and structured concurrency.
-  (void)co_await sleep_for(ctx, 10ms);
-  auto [a, b] = co_await when_all(fetch(ctx, x), fetch(ctx, y));
-  auto first = co_await when_any(read_reply(stream), heartbeat(ctx));
-  // ------------------------------------------------------------------------------
-  // The peer reset the connection (see the test below), so reads fail at once.
-  CHECK(n.error() == std::errc::connection_reset);
-  CHECK(conn.has_value());
-  CHECK(r.error() == std::errc::operation_canceled);
+// Checks named by the fragments' markers. The fragments run with `stream`
+// connected to a peer that reset the connection: reads fail or end at once.
+namespace readme_checks {
+template <class N, class Conn, class R, class First>
+couring::task<void> timeouts(const N& n, const Conn& conn, const R& r, int a, int b,
+                             const First& first) {
+  CHECK(n.error() == std::errc::connection_reset); // the first read sees the reset
+  CHECK(conn.has_value());                         // `remote` is a listener here
+  REQUIRE(r.has_value());                          // the stop was never requested:
+  CHECK(*r == 0);                                  // after the reset, end of stream
   CHECK(a == 1);
   CHECK(b == 2);
-  CHECK(first.index == 0);                           // the failing read beat the 20 ms heartbeat
-  CHECK(std::get<0>(first.value).value_or(99) == 0); // after the reset: end of stream
+  CHECK(first.index == 0); // the read ended before the 20 ms heartbeat
+  CHECK(std::get<0>(first.value).value_or(99) == 0);
+  co_return;
 }
-} // namespace readme_timeouts
+} // namespace readme_checks
 
-TEST_CASE("README: the timeout and cancellation examples run") {
-  io_context ctx;
-  auto listener = test_support::loopback_listener(ctx);
-  auto body = [&]() -> task<void> {
-    auto [client, server] = co_await test_support::connect_pair(ctx, listener);
-    // Make the first read end at once with an error rather than wait 5 s.
-    linger lg{.l_onoff = 1, .l_linger = 0};
-    ::setsockopt(client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    client.close();
-    (void)co_await nop(ctx);
-    co_await readme_timeouts::examples(ctx, server, listener.local_endpoint());
-  };
-  ctx.run(body());
+#include "readme_blocks.hpp"
+
+namespace {
+
+// Brings up the loopback interface of a fresh network namespace.
+void loopback_up() {
+  const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+    ::ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  ::close(s);
+}
+
+// A client for a program that echoes on 127.0.0.1:port; true if it echoed.
+bool echo_check(int port) {
+  const auto until = std::chrono::steady_clock::now() + test_support::scaled(10s);
+  while (std::chrono::steady_clock::now() < until) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const auto ep = couring::endpoint::ipv4_loopback(static_cast<std::uint16_t>(port));
+    if (::connect(fd, ep.data(), ep.size()) != 0) {
+      ::close(fd);
+      std::this_thread::sleep_for(20ms);
+      continue;
+    }
+    // A program that answers short or not at all fails; it does not hang.
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const std::string msg = "echo me, README";
+    std::string got;
+    if (::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(msg.size())) {
+      char b[64];
+      while (got.size() < msg.size()) {
+        const auto n = ::recv(fd, b, sizeof b, 0);
+        if (n <= 0)
+          break;
+        got.append(b, static_cast<std::size_t>(n));
+      }
+    }
+    ::close(fd);
+    return got == msg;
+  }
+  return false;
+}
+
+// Runs the program's main in a child (in a network namespace of its own when
+// allowed, so that its fixed port cannot collide), checked by its checker.
+// Returns "" or what went wrong.
+std::string run_program(const readme_program& p) {
+  const std::string checker = p.checker;
+  if (checker != "exits" && checker != "echo_server")
+    return "unknown checker '" + checker + "' (see test_readme.cpp)";
+  if (checker == "echo_server" && p.args.size() != 1)
+    return "echo_server wants one argument, the port";
+  int pipefd[2];
+  if (::pipe(pipefd) != 0)
+    return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid < 0)
+    return "fork failed";
+  if (pid == 0) {
+    // The child reports through its exit status only.
+    ::close(pipefd[0]);
+    std::signal(SIGABRT, SIG_DFL);
+    if (::unshare(CLONE_NEWNET) == 0)
+      loopback_up();
+    if (checker == "exits") {
+      const auto alarm_s = static_cast<unsigned>(10 * test_support::time_scale());
+      ::alarm(alarm_s); // a program that does not end fails, not hangs
+      ::_exit(p.main() == 0 ? 0 : 1);
+    }
+    const pid_t server = ::fork();
+    if (server == 0)
+      ::_exit(p.main() == 0 ? 3 : 4); // a server that returns is a failure
+    const bool ok = echo_check(std::stoi(p.args[0]));
+    ::kill(server, SIGKILL);
+    int st = 0;
+    ::waitpid(server, &st, 0);
+    ::_exit(ok && WIFSIGNALED(st) ? 0 : 2);
+  }
+  ::close(pipefd[1]);
+  ::close(pipefd[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return "";
+  return "child " + std::string(WIFEXITED(status)
+                                    ? "exited " + std::to_string(WEXITSTATUS(status))
+                                    : "killed by signal " + std::to_string(WTERMSIG(status)));
+}
+
+} // namespace
+
+TEST_CASE("README: every program block runs and does what it shows") {
+  REQUIRE_FALSE(readme_generated::programs.empty()); // the README has its echo server
+  for (const auto& p : readme_generated::programs) {
+    INFO(p.where << " (" << p.checker << ")");
+    CHECK(run_program(p) == "");
+  }
+}
+
+TEST_CASE("README: every fragment runs and its results are what the README says") {
+  REQUIRE_FALSE(readme_generated::fragments.empty());
+  for (const auto& f : readme_generated::fragments) {
+    INFO(f.where);
+    couring::io_context ctx;
+    auto listener = test_support::loopback_listener(ctx);
+    auto body = [&]() -> couring::task<void> {
+      auto pair = co_await test_support::connect_pair(ctx, listener);
+      // The peer resets the connection, so reads end at once instead of
+      // waiting for the README's 5 s deadlines.
+      linger lg{.l_onoff = 1, .l_linger = 0};
+      ::setsockopt(pair.client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      pair.client.close();
+      (void)co_await couring::nop(ctx);
+      co_await f.run(ctx, pair.server, listener.local_endpoint());
+    };
+    ctx.run(body());
+  }
 }
