@@ -259,7 +259,7 @@ TEST_CASE("stop() from another thread wakes a blocked run()") {
     (void)co_await pair.mine.read(b);
   };
   ctx.spawn(reader());
-  std::thread stopper([&] {
+  test_support::joining_thread stopper([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     ctx.stop();
   });
