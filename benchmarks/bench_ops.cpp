@@ -3,10 +3,12 @@
 // 1. Operation overhead: `co_await nop(ctx)` against a hand-written liburing
 //    loop doing the same NOPs on a ring set up the same way, with 1 and with
 //    32 operations in flight. Reported per operation (items/s).
-// 2. One connection ping-pong over loopback TCP, 64 B and 4 KiB messages:
-//    blocking read/write (a client thread and a server thread) against
-//    couring (client and server coroutines on one io_context, one thread).
-//    Reported per round trip.
+// 2. One connection ping-pong over loopback TCP, 64 B and 4 KiB messages,
+//    like for like: in both pairs the echo server runs on a thread of its own
+//    pinned to one CPU and the client on the benchmark thread pinned to
+//    another (when there are two CPUs), so both pay the same cross-thread
+//    wake-ups. Blocking read/write on each side against couring on each side
+//    (an io_context per thread). Reported per round trip.
 //
 // The ratios are printed by benchmarks/run.sh from the JSON output.
 
@@ -20,6 +22,8 @@
 #include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -136,6 +140,37 @@ struct tcp_pair {
   }
 };
 
+// Pins the calling thread to one CPU for the life of the object, then
+// restores its affinity: the server thread to CPU 0, the client (the
+// benchmark thread) to CPU 1, the same for both pairs. With one CPU nothing
+// is pinned.
+class pinned {
+public:
+  explicit pinned(int cpu) {
+    if (std::thread::hardware_concurrency() < 2)
+      return;
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0)
+      return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    active_ = pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+  }
+  ~pinned() {
+    if (active_)
+      pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  pinned(const pinned&) = delete;
+  pinned& operator=(const pinned&) = delete;
+
+private:
+  cpu_set_t saved_{};
+  bool active_ = false;
+};
+
+constexpr int server_cpu = 0;
+constexpr int client_cpu = 1;
+
 bool write_full(int fd, const std::byte* p, std::size_t n) {
   while (n > 0) {
     ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
@@ -161,7 +196,9 @@ bool read_full(int fd, std::byte* p, std::size_t n) {
 void blocking_ping_pong(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
   tcp_pair pair;
+  pinned client_pin(client_cpu);
   std::thread echo([fd = pair.server] {
+    pinned server_pin(server_cpu);
     std::vector<std::byte> buf(16384);
     for (;;) {
       ssize_t n = ::read(fd, buf.data(), buf.size());
@@ -208,10 +245,17 @@ couring::task<bool> couring_client(couring::tcp_stream& s, std::span<const std::
 void couring_ping_pong(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
   tcp_pair pair;
+  pinned client_pin(client_cpu);
+  // The server: its own thread and its own io_context (a context belongs to
+  // the thread that creates it), echoing until the client half-closes.
+  std::thread server_thread([fd = std::exchange(pair.server, -1)] {
+    pinned server_pin(server_cpu);
+    couring::io_context sctx;
+    couring::tcp_stream server(sctx, fd);
+    sctx.run(couring_echo(server));
+  });
   couring::io_context ctx;
   couring::tcp_stream client(ctx, std::exchange(pair.client, -1));
-  couring::tcp_stream server(ctx, std::exchange(pair.server, -1));
-  ctx.spawn(couring_echo(server));
   std::vector<std::byte> out(size, std::byte{7}), in(size);
   for (auto _ : state) {
     if (!ctx.run(couring_client(client, out, in))) {
@@ -219,8 +263,8 @@ void couring_ping_pong(benchmark::State& state) {
       break;
     }
   }
-  client.shutdown_write().value();
-  ctx.run(); // the echo task sees end of stream and finishes
+  (void)client.shutdown_write(); // the echo task sees end of stream and finishes
+  server_thread.join();
   state.SetItemsProcessed(state.iterations() * round_trips_per_iteration);
 }
 

@@ -26,7 +26,9 @@
 
 namespace {
 
-constexpr unsigned kSqEntries = 1024;
+// The same ring size as couring's io_context (256 SQ entries, a CQ four times
+// that), so that the comparison is of the code, not of the queue depth.
+constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 4 * kSqEntries;
 constexpr std::size_t kBufferSize = 16 * 1024;
 

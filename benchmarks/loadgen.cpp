@@ -8,10 +8,15 @@
 // /proc/PID/stat) is sampled at both ends of the window.
 //
 //   loadgen --port P [--connections N] [--size BYTES] [--duration S] [--warmup S]
-//           [--json FILE] [--server-pid PID]
+//           [--json FILE] [--server-pid PID] [--min-per-connection N]
 //
-// Exit status: 0 on success, 1 if any error occurred or no round trip completed in the
-// window, 2 on bad usage.
+// Every connection must do its share: the report gives the fewest verified round trips
+// any one connection completed in the window, and a connection below
+// --min-per-connection (default 1) is a failure -- a server that serves most connections
+// and starves or ignores a few must not pass.
+//
+// Exit status: 0 on success, 1 if any error occurred or a connection completed fewer
+// verified round trips than the floor in the window, 2 on bad usage.
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -48,6 +53,7 @@ constexpr std::size_t kMaxSize = 64u << 20;
   std::fprintf(stderr,
                "usage: loadgen --port P [--connections N] [--size BYTES] [--duration SECONDS]\n"
                "               [--warmup SECONDS] [--json FILE] [--server-pid PID]\n"
+               "               [--min-per-connection N]\n"
                "Always connects to %s.\n",
                kHost);
   std::exit(2);
@@ -61,6 +67,7 @@ struct Options {
   double warmup = 0.5;
   std::string json;
   long server_pid = -1;
+  long min_per_connection = 1; // verified round trips every connection must complete
 };
 
 long parse_long(std::string_view name, const std::string& v, long lo, long hi) {
@@ -122,6 +129,8 @@ Options parse_args(int argc, char** argv) {
       o.json = value;
     else if (arg == "--server-pid")
       o.server_pid = parse_long(arg, value, 1, 1L << 30);
+    else if (arg == "--min-per-connection")
+      o.min_per_connection = parse_long(arg, value, 1, 1L << 40);
     else {
       std::string m = "unknown option " + arg;
       usage(m.c_str());
@@ -200,6 +209,7 @@ struct Conn {
   std::size_t sent = 0;
   std::size_t received = 0;
   std::int64_t started_ns = 0;
+  std::uint64_t round_trips = 0; // verified, inside the window
   std::uint8_t* sbuf = nullptr;
   std::uint8_t* rbuf = nullptr;
 };
@@ -399,6 +409,7 @@ void Loadgen::complete_round(Conn& c) {
   }
   if (measuring_ && ok) {
     ++st_.round_trips;
+    ++c.round_trips;
     std::int64_t lat = now - c.started_ns;
     st_.latencies_ns.push_back(
         static_cast<std::uint32_t>(std::clamp<std::int64_t>(lat, 0, UINT32_MAX)));
@@ -557,11 +568,33 @@ int Loadgen::run() {
                                        ? server_cpu * 1e6 / static_cast<double>(st_.round_trips)
                                        : 0.0;
 
+  // Every connection counts, the ones that failed included (they completed what they
+  // completed before failing).
+  std::uint64_t min_rt = UINT64_MAX;
+  std::size_t starved = 0;
+  for (const Conn& c : conns_) {
+    min_rt = std::min(min_rt, c.round_trips);
+    if (c.round_trips < static_cast<std::uint64_t>(opt_.min_per_connection)) {
+      if (starved < 5)
+        std::fprintf(stderr,
+                     "loadgen: connection %u completed %" PRIu64
+                     " verified round trips in the window, fewer than %ld\n",
+                     c.id, c.round_trips, opt_.min_per_connection);
+      ++starved;
+    }
+  }
+  if (conns_.empty())
+    min_rt = 0;
+  if (starved > 0)
+    std::fprintf(stderr, "loadgen: %zu of %zu connections below --min-per-connection %ld\n",
+                 starved, conns_.size(), opt_.min_per_connection);
+
   std::printf("connections=%d (%zu connected) size=%zu seconds=%.3f round_trips=%" PRIu64
               " round_trips_per_sec=%.0f p50_us=%.1f p99_us=%.1f errors=%" PRIu64
-              " byte_errors=%" PRIu64,
+              " byte_errors=%" PRIu64 " min_round_trips_per_connection=%" PRIu64
+              " connections_below_floor=%zu",
               opt_.connections, connected, opt_.size, secs, st_.round_trips, rps, p50, p99,
-              st_.errors, st_.byte_errors);
+              st_.errors, st_.byte_errors, min_rt, starved);
   if (have_cpu)
     std::printf(" server_cpu_seconds=%.2f server_cpu_us_per_round_trip=%.3f", server_cpu,
                 server_cpu_per_rt);
@@ -574,18 +607,19 @@ int Loadgen::run() {
       std::perror("loadgen: cannot write the JSON file");
       return 1;
     }
-    std::fprintf(f,
-                 "{\n  \"host\": \"%s\",\n  \"port\": %d,\n  \"connections\": %d,\n"
-                 "  \"connected\": %zu,\n  \"size\": %zu,\n  \"warmup_seconds\": %.3f,\n"
-                 "  \"seconds\": %.6f,\n  \"round_trips\": %" PRIu64
-                 ",\n  \"round_trips_per_sec\": %.1f,\n"
-                 "  \"mean_us\": %.2f,\n  \"p50_us\": %.2f,\n  \"p99_us\": %.2f,\n"
-                 "  \"p999_us\": %.2f,\n  \"max_us\": %.2f,\n  \"errors\": %" PRIu64
-                 ",\n  \"byte_errors\": %" PRIu64 ",\n  \"corrupt_round_trips\": %" PRIu64
-                 ",\n  \"client_cpu_seconds\": %.4f",
-                 kHost, opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
-                 st_.round_trips, rps, mean_us, p50, p99, p999, max_us, st_.errors, st_.byte_errors,
-                 st_.corrupt_round_trips, client_cpu);
+    std::fprintf(
+        f,
+        "{\n  \"host\": \"%s\",\n  \"port\": %d,\n  \"connections\": %d,\n"
+        "  \"connected\": %zu,\n  \"size\": %zu,\n  \"warmup_seconds\": %.3f,\n"
+        "  \"seconds\": %.6f,\n  \"round_trips\": %" PRIu64 ",\n  \"round_trips_per_sec\": %.1f,\n"
+        "  \"mean_us\": %.2f,\n  \"p50_us\": %.2f,\n  \"p99_us\": %.2f,\n"
+        "  \"p999_us\": %.2f,\n  \"max_us\": %.2f,\n  \"errors\": %" PRIu64
+        ",\n  \"byte_errors\": %" PRIu64 ",\n  \"corrupt_round_trips\": %" PRIu64
+        ",\n  \"client_cpu_seconds\": %.4f,\n"
+        "  \"min_round_trips_per_connection\": %" PRIu64 ",\n  \"connections_below_floor\": %zu",
+        kHost, opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
+        st_.round_trips, rps, mean_us, p50, p99, p999, max_us, st_.errors, st_.byte_errors,
+        st_.corrupt_round_trips, client_cpu, min_rt, starved);
     if (opt_.server_pid > 0) {
       std::fprintf(f, ",\n  \"server_pid\": %ld", opt_.server_pid);
       if (have_cpu)
@@ -604,7 +638,7 @@ int Loadgen::run() {
     }
   }
 
-  if (st_.errors > 0 || st_.byte_errors > 0 || st_.round_trips == 0)
+  if (st_.errors > 0 || st_.byte_errors > 0 || st_.round_trips == 0 || starved > 0)
     return 1;
   return 0;
 }

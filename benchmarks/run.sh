@@ -204,7 +204,7 @@ for k in kinds:
             for key in ("round_trips_per_sec", "p50_us", "p99_us", "errors",
                         "server_cpu_us_per_round_trip", "byte_errors", "round_trips",
                         "seconds", "p999_us", "server_cpu_seconds", "client_cpu_seconds",
-                        "note"):
+                        "min_round_trips_per_connection", "connections_below_floor", "note"):
                 if key in r:
                     row[key] = r[key]
             rows.append(row)
@@ -220,15 +220,25 @@ def fmt(v, spec):
 print()
 print(f"{'server':<10} {'conns':>5} {'size':>5} {'round trips/s':>13} {'p50 us':>9} "
       f"{'p99 us':>9} {'CPU us/rt':>9} {'errors':>6}")
+# A run with an error (a failed or corrupted round trip, a starved connection,
+# a server that did not start) measured something else: it is marked here and
+# feeds no ratio below.
+def had_error(r):
+    return bool(r.get("errors")) or bool(r.get("connections_below_floor")) or "note" in r
 for r in rows:
     print(f"{r['server']:<10} {r['connections']:>5} {r['size']:>5} "
           f"{fmt(r.get('round_trips_per_sec'), '13.0f')} {fmt(r.get('p50_us'), '9.1f')} "
           f"{fmt(r.get('p99_us'), '9.1f')} {fmt(r.get('server_cpu_us_per_round_trip'), '9.2f')} "
-          f"{fmt(r.get('errors'), '6d')}")
+          f"{fmt(r.get('errors'), '6d')}" + ("  ERROR: left out of the ratios" if had_error(r) else ""))
 
+# A run with an error (a failed or corrupted round trip, a starved connection,
+# a server that did not start) measured something else: it feeds no ratio.
+bad = {(r["server"], r["connections"], r["size"]) for r in rows if had_error(r)}
 cpu = {(r["server"], r["connections"], r["size"]): r.get("server_cpu_us_per_round_trip")
-       for r in rows}
+       for r in rows if not had_error(r)}
 def ratio(a, b, c, s):
+    if (a, c, s) in bad or (b, c, s) in bad:
+        return "error"
     x, y = cpu.get((a, c, s)), cpu.get((b, c, s))
     if isinstance(x, (int, float)) and isinstance(y, (int, float)) and y > 0:
         return f"{x / y:.2f}"
@@ -261,9 +271,17 @@ if [[ -x $ops ]]; then
   else
     python3 - "$out_dir/ops.json" <<'PY'
 import json, sys
-runs = {b["run_name"]: b["real_time"] for b in json.load(open(sys.argv[1]))["benchmarks"]
-        if b.get("aggregate_name") == "median"}
+benches = json.load(open(sys.argv[1]))["benchmarks"]
+# A benchmark that reported an error (SkipWithError) in any repetition
+# measured something else: it feeds no ratio.
+failed = {b["run_name"] for b in benches if b.get("error_occurred")}
+for name in sorted(failed):
+    print(f"ERROR in {name}: left out of the ratios")
+runs = {b["run_name"]: b["real_time"] for b in benches
+        if b.get("aggregate_name") == "median" and b["run_name"] not in failed}
 def ratio(ours, theirs):
+    if ours in failed or theirs in failed:
+        return "error"
     a, b = runs.get(ours), runs.get(theirs)
     return f"{a / b:5.2f}" if a and b else "  n/a"
 print()

@@ -4,9 +4,12 @@
 #
 #   install.sh BUILD_DIR CONSUMER_SOURCE
 set -euo pipefail
+# A stray exit status 77 must not read as "skipped" (tests/skip.sh).
+# shellcheck source=skip.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/skip.sh"
 build=$1 source=$2
 root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
+trap 'rc=$?; rm -rf "$root"; finish_status $rc' EXIT
 meson install -C "$build" --destdir "$root" --no-rebuild --quiet >/dev/null
 pc=$(find "$root" -name couring.pc | head -1)
 [[ -n $pc ]] || { echo "couring.pc not installed"; exit 1; }

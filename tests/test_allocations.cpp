@@ -8,17 +8,34 @@
 #include <cstdlib>
 #include <new>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <couring/couring.hpp>
 
 #include "support.hpp"
 
 namespace {
 std::atomic<std::size_t> allocations{0};
+
+void* counted(std::size_t n) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n == 0 ? 1 : n);
 }
 
-void* operator new(std::size_t n) {
+void* counted_aligned(std::size_t n, std::align_val_t al) {
   allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n))
+  const auto a = static_cast<std::size_t>(al);
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  return std::aligned_alloc(a, (n + a - 1) / a * a == 0 ? a : (n + a - 1) / a * a);
+}
+} // namespace
+
+// Every form of the global operator new counts: plain, array, nothrow and
+// the aligned ones (a coroutine frame or an awaitable with alignas would use
+// those).
+void* operator new(std::size_t n) {
+  if (void* p = counted(n))
     return p;
   throw std::bad_alloc();
 }
@@ -26,11 +43,24 @@ void* operator new[](std::size_t n) {
   return operator new(n);
 }
 void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n == 0 ? 1 : n);
+  return counted(n);
 }
-void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept {
-  return operator new(n, t);
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return counted(n);
+}
+void* operator new(std::size_t n, std::align_val_t al) {
+  if (void* p = counted_aligned(n, al))
+    return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n, std::align_val_t al) {
+  return operator new(n, al);
+}
+void* operator new(std::size_t n, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return counted_aligned(n, al);
+}
+void* operator new[](std::size_t n, std::align_val_t al, const std::nothrow_t&) noexcept {
+  return counted_aligned(n, al);
 }
 void operator delete(void* p) noexcept {
   std::free(p);
@@ -42,6 +72,30 @@ void operator delete(void* p, std::size_t) noexcept {
   std::free(p);
 }
 void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
   std::free(p);
 }
 
@@ -96,9 +150,112 @@ TEST_CASE("10,000 echo round trips allocate nothing after the first") {
   CHECK(during == 0);
 }
 
-TEST_CASE("the allocation counter counts") {
+TEST_CASE("the allocation counter counts every form of new") {
   const auto before = allocations.load();
-  void* p = ::operator new(16); // a call, not a new-expression: cannot be elided
+  // Calls, not new-expressions: they cannot be elided.
+  void* p = ::operator new(16);
   ::operator delete(p);
-  CHECK(allocations.load() == before + 1); // the test above is not vacuous
+  void* q = ::operator new(16, std::nothrow);
+  ::operator delete(q);
+  void* r = ::operator new (64, std::align_val_t{64});
+  ::operator delete (r, std::align_val_t{64});
+  void* t = ::operator new (64, std::align_val_t{64}, std::nothrow);
+  ::operator delete (t, std::align_val_t{64});
+  void* u = ::operator new[](8, std::align_val_t{32});
+  ::operator delete[](u, std::align_val_t{32});
+  CHECK(allocations.load() == before + 5); // the tests here are not vacuous
+}
+
+namespace {
+
+constexpr int iterations = 1000;
+
+// Each path below is one coroutine looping over the operation, so that the
+// loop itself allocates nothing: the first iteration is left out (it may
+// size buffers once), then `iterations` more are counted. "Exactly k per
+// iteration" is total == k * iterations.
+#define COUNT_STEADY(total, ...)                                                                   \
+  do {                                                                                             \
+    std::size_t before_ = 0;                                                                       \
+    for (int i_ = 0; i_ <= iterations; ++i_) {                                                     \
+      if (i_ == 1)                                                                                 \
+        before_ = allocations.load();                                                              \
+      __VA_ARGS__                                                                                  \
+    }                                                                                              \
+    total = allocations.load() - before_;                                                          \
+  } while (false)
+
+} // namespace
+
+TEST_CASE("other operation paths: exact allocations per operation") {
+  using namespace std::chrono_literals;
+  io_context ctx;
+  auto listener = test_support::loopback_listener(ctx);
+  std::size_t timed_read = 0, stopped_read = 0, sleep = 0, accept = 0, timed_write_all = 0;
+  int failures = 0;
+  auto body = [&]() -> task<void> {
+    auto pair = co_await test_support::connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& server = pair.server;
+    std::byte out[32]{}, in[32];
+    std::stop_source source;
+
+    // A read under a linked timeout: one more SQE, no allocation.
+    COUNT_STEADY(timed_read, {
+      if (!co_await client.write_all(out))
+        ++failures;
+      auto r = co_await couring::with_timeout(server.read(in), 5s);
+      if (!r)
+        ++failures;
+    });
+
+    // A read under a stop token: a stop_callback in the awaiter, no allocation.
+    COUNT_STEADY(stopped_read, {
+      if (!co_await client.write_all(out))
+        ++failures;
+      auto r = co_await couring::with_stop_token(server.read(in), source.get_token());
+      if (!r)
+        ++failures;
+    });
+
+    COUNT_STEADY(sleep, {
+      if (!co_await couring::sleep_for(ctx, 1us))
+        ++failures;
+    });
+
+    // accept: the client side is a plain socket, so only the accept counts.
+    COUNT_STEADY(accept, {
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      const auto ep = listener.local_endpoint();
+      if (::connect(fd, ep.data(), ep.size()) != 0)
+        ++failures;
+      auto s = co_await listener.accept();
+      if (!s)
+        ++failures;
+      ::close(fd);
+    });
+
+    // write_all under a timeout: write_all is a compound operation (several
+    // requests), so with_timeout runs it as a task with a deadline
+    // (detail::as_task in timeout.hpp) -- one coroutine frame per call, and
+    // nothing else.
+    COUNT_STEADY(timed_write_all, {
+      auto w = co_await couring::with_timeout(client.write_all(out), 5s);
+      if (!w)
+        ++failures;
+      if (!co_await server.read_exactly(in))
+        ++failures;
+    });
+  };
+  ctx.run(body());
+  CHECK(failures == 0);
+  INFO("with_timeout(read) " << timed_read << ", with_stop_token(read) " << stopped_read
+                             << ", sleep_for " << sleep << ", accept " << accept
+                             << ", with_timeout(write_all) " << timed_write_all << " in "
+                             << iterations << " iterations");
+  CHECK(timed_read == 0);
+  CHECK(stopped_read == 0);
+  CHECK(sleep == 0);
+  CHECK(accept == 0);
+  CHECK(timed_write_all == 1 * iterations);
 }

@@ -1,5 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <cstring>
+
+#include <arpa/inet.h>
+#include <sys/un.h>
+
 #include <couring/endpoint.hpp>
 
 using couring::endpoint;
@@ -85,4 +90,42 @@ TEST_CASE("a default endpoint is unspecified") {
   CHECK_FALSE(ep.is_v6());
   CHECK(ep.port() == 0);
   CHECK(ep.size() == 0);
+}
+
+TEST_CASE("endpoint from a sockaddr: IPv4, IPv6, a bad length, AF_UNIX") {
+  sockaddr_in v4{};
+  v4.sin_family = AF_INET;
+  v4.sin_port = htons(8080);
+  v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  auto a = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), sizeof v4);
+  REQUIRE(a);
+  CHECK(a->is_v4());
+  CHECK(a->to_string() == "127.0.0.1:8080");
+  CHECK(*a == endpoint::ipv4_loopback(8080));
+
+  sockaddr_in6 v6{};
+  v6.sin6_family = AF_INET6;
+  v6.sin6_port = htons(443);
+  v6.sin6_addr = in6addr_loopback;
+  auto b = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v6);
+  REQUIRE(b);
+  CHECK(b->is_v6());
+  CHECK(b->to_string() == "[::1]:443");
+
+  // Shorter than the family's sockaddr: refused, never read past the end.
+  auto short4 = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), sizeof v4 - 1);
+  CHECK_FALSE(short4);
+  auto short6 = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&v6), sizeof v4);
+  CHECK_FALSE(short6);
+
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  std::strcpy(un.sun_path, "/tmp/x");
+  auto c = endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&un), sizeof un);
+  REQUIRE_FALSE(c);
+  CHECK(c.error() == std::errc::address_family_not_supported);
+
+  auto d = endpoint::from_sockaddr(nullptr, 0);
+  REQUIRE_FALSE(d);
+  CHECK(d.error() == std::errc::invalid_argument);
 }

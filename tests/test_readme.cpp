@@ -1,60 +1,51 @@
-// The README's examples, compiled and run, so that they stay true.
+// The README's ```cpp blocks, compiled and run as written: readme_blocks.py
+// extracts them at build time into readme_blocks.hpp (its header comment
+// gives the convention). Programs run in a child process, checked by the
+// checker their marker names; fragments run inside a context here, with the
+// names they use provided below, and check their own results through
+// readme_checks.
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <functional>
+#include <map>
 #include <stop_token>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <couring/couring.hpp>
 
 #include "support.hpp"
 
-using namespace couring;
 using namespace std::chrono_literals;
 
-namespace readme_echo {
-// --- README "An echo server" (main() replaced by the test below) ---------------
-task<void> echo(tcp_stream stream) {
-  std::byte buf[4096];
-  for (;;) {
-    auto n = co_await stream.read(buf);
-    if (!n || *n == 0)
-      co_return; // error or end of stream: the destructor closes
-    if (!co_await stream.write_all(std::span(buf, *n)))
-      co_return;
-  }
-}
+struct readme_program {
+  const char* where;
+  const char* checker;
+  std::vector<std::string> args;
+  std::function<int()> main;
+};
 
-task<void> serve(io_context& ctx, tcp_listener listener) {
-  for (;;) {
-    auto conn = co_await listener.accept();
-    if (conn)
-      ctx.spawn(echo(std::move(*conn)));
-  }
-}
-} // namespace readme_echo
+struct readme_fragment {
+  const char* where;
+  couring::task<void> (*run)(couring::io_context&, couring::tcp_stream&, const couring::endpoint&);
+};
 
-TEST_CASE("README: the echo server echoes") {
-  io_context ctx;
-  auto listener = tcp_listener::bind(ctx, endpoint::parse("127.0.0.1:0").value()).value();
-  const endpoint ep = listener.local_endpoint();
-  ctx.spawn(readme_echo::serve(ctx, std::move(listener)));
-  auto client = [&]() -> task<std::string> {
-    auto s = co_await tcp_stream::connect(ctx, ep);
-    test_support::require_ok(s);
-    test_support::require_ok(co_await s->write_all(std::string_view("echo me")));
-    std::byte buf[7];
-    test_support::require_ok(co_await s->read_exactly(buf));
-    co_return test_support::text(buf);
-  };
-  CHECK(ctx.run(client()) == "echo me");
-}
+// Names the README's fragments use without defining them.
+namespace readme_env {
+using namespace couring;
 
-namespace readme_timeouts {
 task<result<std::size_t>> handle_request(tcp_stream& stream) {
   std::byte b[16];
   co_return co_await stream.read(b);
@@ -69,177 +60,232 @@ task<result<std::size_t>> read_reply(tcp_stream& stream) {
 task<void> heartbeat(io_context& ctx) {
   (void)co_await sleep_for(ctx, 20ms);
 }
+} // namespace readme_env
 
-task<void> examples(io_context& ctx, tcp_stream& stream, const endpoint& remote) {
-  std::byte buf[16];
-  int x = 1, y = 2;
-  // --- README "Timeouts and cancellation" ---------------------------------------
-  // A deadline on one operation: an IORING_OP_LINK_TIMEOUT linked to the read.
-  auto n = co_await with_timeout(stream.read(buf), 5s);
-  if (!n && n.error() == std::errc::timed_out) { /* the peer was silent */
+// Set-ups named by the fragments' markers: each returns a guard that undoes
+// it when the fragment ends.
+namespace readme_setup {
+struct guard {
+  std::function<void()> undo;
+  guard() = default;
+  explicit guard(std::function<void()> f) : undo(std::move(f)) {}
+  guard(guard&& o) noexcept : undo(std::exchange(o.undo, nullptr)) {}
+  guard& operator=(guard&&) = delete;
+  ~guard() {
+    if (undo)
+      undo();
   }
+};
 
-  // A deadline on a whole task: when it expires, whatever operation the task is
-  // suspended on -- however deeply nested -- is cancelled.
-  auto conn = co_await with_timeout(tcp_stream::connect(ctx, remote), 100ms);
+// The files examples use relative paths: a fresh directory of their own.
+couring::task<guard> in_temp_dir(couring::io_context&) {
+  std::string dir = "/tmp/couring-readme-XXXXXX";
+  REQUIRE(::mkdtemp(dir.data()) != nullptr);
+  char* old_cwd = ::getcwd(nullptr, 0);
+  REQUIRE(::chdir(dir.c_str()) == 0);
+  co_return guard([dir, old_cwd] {
+    ::unlink("data.bin");
+    ::unlink("config.json");
+    CHECK(::chdir(old_cwd) == 0);
+    std::free(old_cwd);
+    ::rmdir(dir.c_str());
+  });
+}
 
-  // Cancellation from anywhere (any thread) through std::stop_token.
-  std::stop_source stop;
-  stop.request_stop();
-  auto r = co_await with_stop_token(handle_request(stream), stop.get_token());
+// Someone sends SIGTERM once the example waits for it (the set blocks it
+// before the example's first co_await, so it is never delivered by default).
+couring::task<guard> send_sigterm_soon(couring::io_context& ctx) {
+  auto later = [](couring::io_context& c) -> couring::task<void> {
+    (void)co_await couring::sleep_for(c, 10ms);
+    ::raise(SIGTERM);
+  };
+  ctx.spawn(later(ctx));
+  co_return guard{};
+}
 
-  // Timers, and structured concurrency.
-  (void)co_await sleep_for(ctx, 10ms);
-  auto [a, b] = co_await when_all(fetch(ctx, x), fetch(ctx, y));
-  auto first = co_await when_any(read_reply(stream), heartbeat(ctx));
-  // ------------------------------------------------------------------------------
-  // The peer reset the connection (see the test below), so reads fail at once.
-  CHECK(n.error() == std::errc::connection_reset);
-  CHECK(conn.has_value());
-  CHECK(r.error() == std::errc::operation_canceled);
+// Only /etc/hosts answers: nothing listens on 127.0.0.1:9, and the tests
+// never ask the machine's own name servers.
+couring::task<guard> hosts_only_resolver(couring::io_context& ctx) {
+  REQUIRE(couring::configure_resolver(ctx, {.servers = "127.0.0.1:9", .timeout = 100ms, .tries = 1}));
+  co_return guard{};
+}
+} // namespace readme_setup
+
+// Checks named by the fragments' markers. The fragments run with `stream`
+// connected to a peer that reset the connection: reads fail or end at once.
+namespace readme_checks {
+template <class N, class Conn, class R, class First>
+couring::task<void> timeouts(const N& n, const Conn& conn, const R& r, int a, int b,
+                             const First& first) {
+  CHECK(n.error() == std::errc::connection_reset); // the first read sees the reset
+  CHECK(conn.has_value());                         // `remote` is a listener here
+  REQUIRE(r.has_value());                          // the stop was never requested:
+  CHECK(*r == 0);                                  // after the reset, end of stream
   CHECK(a == 1);
   CHECK(b == 2);
-  CHECK(first.index == 0);                           // the failing read beat the 20 ms heartbeat
-  CHECK(std::get<0>(first.value).value_or(99) == 0); // after the reset: end of stream
-}
-} // namespace readme_timeouts
-
-TEST_CASE("README: the timeout and cancellation examples run") {
-  io_context ctx;
-  auto listener = test_support::loopback_listener(ctx);
-  auto body = [&]() -> task<void> {
-    auto [client, server] = co_await test_support::connect_pair(ctx, listener);
-    // Make the first read end at once with an error rather than wait 5 s.
-    linger lg{.l_onoff = 1, .l_linger = 0};
-    ::setsockopt(client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    client.close();
-    (void)co_await nop(ctx);
-    co_await readme_timeouts::examples(ctx, server, listener.local_endpoint());
-  };
-  ctx.run(body());
+  CHECK(first.index == 0); // the read ended before the 20 ms heartbeat
+  CHECK(std::get<0>(first.value).value_or(99) == 0);
+  co_return;
 }
 
-namespace readme_files {
-task<void> examples(io_context& ctx, tcp_stream& stream) {
-  // --- README "Files" ------------------------------------------------------------
-  // Open by path (IORING_OP_OPENAT); read and write at offsets; any number of
-  // requests in flight at once. Errors are values carrying the errno.
-  auto f = co_await file::open(ctx, "data.bin", {.read = true, .write = true, .create = true});
-  if (!f)
-    throw file_error(f.error(), "open", "data.bin"); // "couring: open data.bin: <reason>"
-  std::string_view header = "header";
-  std::byte block[4096];
-  (co_await f->write_all_at(std::as_bytes(std::span(header)), 0)).value(); // throws if it failed
-  auto n = co_await f->read_at(block, 0);                           // may be short; 0 at the end
-  auto whole = co_await f->read_exactly_at(std::span(block, 6), 0); // error::end_of_file if short
-  (co_await f->sync_data()).value();                                // IORING_OP_FSYNC
-  auto size = co_await f->size();                                   // IORING_OP_STATX
-
-  // Whole files. write_file replaces atomically: a temporary in the same
-  // directory, fsync, rename over the target, fsync of the directory.
-  std::string_view config = "{}";
-  auto written = co_await write_file(ctx, "config.json", std::as_bytes(std::span(config)));
-  auto bytes = co_await read_file(ctx, "config.json"); // result<std::vector<std::byte>>
-  // --- README "Pipes and send_file" ----------------------------------------------
-  // Both ends are streams (IORING_OP_READ/WRITE, since a pipe is not a socket).
-  auto [reader, writer] = pipe(ctx).value();
-  auto piped = co_await writer.write_all(std::string_view("through a pipe"));
-
-  // A file to a socket without copying through user space: file -> pipe ->
-  // socket with IORING_OP_SPLICE. Holds the stream's write side throughout.
-  auto sending = send_file(stream, *f, 0, *size);
-  auto sent = co_await sending; // bytes sent: *size on success
-  if (!sent) {                  /* EPIPE, ECONNRESET, error::end_of_file (the file shrank) */
-    std::size_t so_far = sending.transferred();
-    (void)so_far;
-  }
-  // ------------------------------------------------------------------------------
+template <class N, class W, class S, class Wr, class B, class P, class Reader, class Sent>
+couring::task<void> files_and_pipes(const N& n, const W& whole, std::byte (&block)[4096],
+                                    const S& size, const Wr& written, const B& bytes,
+                                    const P& piped, Reader& reader, const Sent& sent) {
   CHECK(n.value_or(0) == 6);
   CHECK(whole.has_value());
   CHECK(test_support::text(std::span(block, 6)) == "header");
   CHECK(size.value_or(0) == 6);
   CHECK(written.has_value());
-  CHECK(test_support::text(bytes.value()) == "{}");
+  REQUIRE(bytes.has_value());
+  CHECK(test_support::text(*bytes) == "{}");
   CHECK(piped.has_value());
   std::byte through[14];
-  test_support::require_ok(co_await reader.read_exactly(through));
+  auto got = co_await reader.read_exactly(through);
+  test_support::require_ok(got);
   CHECK(test_support::text(through) == "through a pipe");
-  CHECK(sent.value_or(0) == 6);
+  // The peer reset the connection: send_file reports it, as the README says.
+  REQUIRE_FALSE(sent.has_value());
+  const bool reset = sent.error() == std::errc::broken_pipe ||
+                     sent.error() == std::errc::connection_reset;
+  CHECK(reset);
 }
 
-task<int> signals_example(io_context& ctx) {
-  // --- README "Signals" ----------------------------------------------------------
-  // Blocks SIGINT and SIGTERM in this thread (pthread_sigmask) and reads them
-  // from a signalfd through the ring. Create it before starting other threads:
-  // they inherit the mask (a thread that does not block them would take them).
-  signal_set signals(ctx, {SIGINT, SIGTERM});
-  ::raise(SIGTERM);                   // (not in the README: someone sends it; blocked, it waits)
-  auto sig = co_await signals.wait(); // result<int>: SIGINT or SIGTERM
-  // close() (or the destructor) ends a pending wait with operation_canceled and
-  // unblocks what the set blocked.
-  // ------------------------------------------------------------------------------
-  co_return sig.value_or(0);
+template <class Sig>
+couring::task<void> signals(const Sig& sig) {
+  CHECK(sig.value_or(0) == SIGTERM);
+  co_return;
 }
-} // namespace readme_files
 
-TEST_CASE("README: the files, pipes and send_file examples run") {
-  char dir[] = "/tmp/couring-readme-XXXXXX";
-  REQUIRE(::mkdtemp(dir) != nullptr);
-  char* old_cwd = ::getcwd(nullptr, 0);
-  REQUIRE(::chdir(dir) == 0);
-  {
-    io_context ctx;
+template <class Conn, class Addrs, class Configured>
+couring::task<void> names(const Conn& conn, const Addrs& addrs, const Configured& configured) {
+  CHECK(conn.has_value()); // localhost:port, from /etc/hosts, to `remote`'s listener
+  REQUIRE(addrs.has_value());
+  CHECK_FALSE(addrs->empty());
+  CHECK(configured.has_value());
+  co_return;
+}
+} // namespace readme_checks
+
+#include "readme_blocks.hpp"
+
+namespace {
+
+// Brings up the loopback interface of a fresh network namespace.
+void loopback_up() {
+  const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+    ::ioctl(s, SIOCSIFFLAGS, &ifr);
+  }
+  ::close(s);
+}
+
+// A client for a program that echoes on 127.0.0.1:port; true if it echoed.
+bool echo_check(int port) {
+  const auto until = std::chrono::steady_clock::now() + test_support::scaled(10s);
+  while (std::chrono::steady_clock::now() < until) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const auto ep = couring::endpoint::ipv4_loopback(static_cast<std::uint16_t>(port));
+    if (::connect(fd, ep.data(), ep.size()) != 0) {
+      ::close(fd);
+      std::this_thread::sleep_for(20ms);
+      continue;
+    }
+    // A program that answers short or not at all fails; it does not hang.
+    timeval tv{.tv_sec = 5, .tv_usec = 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const std::string msg = "echo me, README";
+    std::string got;
+    if (::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(msg.size())) {
+      char b[64];
+      while (got.size() < msg.size()) {
+        const auto n = ::recv(fd, b, sizeof b, 0);
+        if (n <= 0)
+          break;
+        got.append(b, static_cast<std::size_t>(n));
+      }
+    }
+    ::close(fd);
+    return got == msg;
+  }
+  return false;
+}
+
+// Runs the program's main in a child (in a network namespace of its own when
+// allowed, so that its fixed port cannot collide), checked by its checker.
+// Returns "" or what went wrong.
+std::string run_program(const readme_program& p) {
+  const std::string checker = p.checker;
+  if (checker != "exits" && checker != "echo_server")
+    return "unknown checker '" + checker + "' (see test_readme.cpp)";
+  if (checker == "echo_server" && p.args.size() != 1)
+    return "echo_server wants one argument, the port";
+  int pipefd[2];
+  if (::pipe(pipefd) != 0)
+    return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid < 0)
+    return "fork failed";
+  if (pid == 0) {
+    // The child reports through its exit status only.
+    ::close(pipefd[0]);
+    std::signal(SIGABRT, SIG_DFL);
+    if (::unshare(CLONE_NEWNET) == 0)
+      loopback_up();
+    if (checker == "exits") {
+      const auto alarm_s = static_cast<unsigned>(10 * test_support::time_scale());
+      ::alarm(alarm_s); // a program that does not end fails, not hangs
+      ::_exit(p.main() == 0 ? 0 : 1);
+    }
+    const pid_t server = ::fork();
+    if (server == 0)
+      ::_exit(p.main() == 0 ? 3 : 4); // a server that returns is a failure
+    const bool ok = echo_check(std::stoi(p.args[0]));
+    ::kill(server, SIGKILL);
+    int st = 0;
+    ::waitpid(server, &st, 0);
+    ::_exit(ok && WIFSIGNALED(st) ? 0 : 2);
+  }
+  ::close(pipefd[1]);
+  ::close(pipefd[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    return "";
+  return "child " + std::string(WIFEXITED(status)
+                                    ? "exited " + std::to_string(WEXITSTATUS(status))
+                                    : "killed by signal " + std::to_string(WTERMSIG(status)));
+}
+
+} // namespace
+
+TEST_CASE("README: every program block runs and does what it shows") {
+  REQUIRE_FALSE(readme_generated::programs.empty()); // the README has its echo server
+  for (const auto& p : readme_generated::programs) {
+    INFO(p.where << " (" << p.checker << ")");
+    CHECK(run_program(p) == "");
+  }
+}
+
+TEST_CASE("README: every fragment runs and its results are what the README says") {
+  REQUIRE_FALSE(readme_generated::fragments.empty());
+  for (const auto& f : readme_generated::fragments) {
+    INFO(f.where);
+    couring::io_context ctx;
     auto listener = test_support::loopback_listener(ctx);
-    auto body = [&]() -> task<void> {
-      auto [client, server] = co_await test_support::connect_pair(ctx, listener);
-      co_await readme_files::examples(ctx, server);
-      std::byte got[6];
-      test_support::require_ok(co_await client.read_exactly(got));
-      CHECK(test_support::text(got) == "header");
+    auto body = [&]() -> couring::task<void> {
+      auto pair = co_await test_support::connect_pair(ctx, listener);
+      // The peer resets the connection, so reads end at once instead of
+      // waiting for the README's 5 s deadlines.
+      linger lg{.l_onoff = 1, .l_linger = 0};
+      ::setsockopt(pair.client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      pair.client.close();
+      (void)co_await couring::nop(ctx);
+      co_await f.run(ctx, pair.server, listener.local_endpoint());
     };
     ctx.run(body());
   }
-  ::unlink("data.bin");
-  ::unlink("config.json");
-  REQUIRE(::chdir(old_cwd) == 0);
-  std::free(old_cwd);
-  ::rmdir(dir);
-}
-
-TEST_CASE("README: the signals example runs") {
-  io_context ctx;
-  CHECK(ctx.run(readme_files::signals_example(ctx)) == SIGTERM);
-}
-
-namespace readme_names {
-task<void> examples(io_context& ctx, std::string port) {
-  // --- README "Names" --------------------------------------------------------------
-  // "host:port": a numeric address connects directly; a name is resolved, and
-  // its IPv6 and IPv4 addresses are raced (RFC 8305 Happy Eyeballs: families
-  // interleaved, the next attempt 250 ms after the previous unless it failed).
-  auto conn = co_await tcp_stream::connect(ctx, "localhost:" + port);
-
-  // The addresses themselves, best first (RFC 6724 order).
-  auto addrs = co_await resolve(ctx, "localhost", port);
-  if (!addrs && addrs.error() == resolve_error::no_such_name) { /* NXDOMAIN */
-  }
-
-  // Other name servers, shorter timeouts (also how the tests reach their own
-  // DNS server); before the first resolve, or while none is pending.
-  auto configured = configure_resolver(ctx, {.servers = "127.0.0.1:5353", .timeout = 500ms});
-  // ------------------------------------------------------------------------------
-  CHECK(conn.has_value());
-  CHECK(configured.has_value());
-  REQUIRE(addrs.has_value());
-  CHECK(!addrs->empty());
-}
-} // namespace readme_names
-
-TEST_CASE("README: the names example runs") {
-  io_context ctx;
-  // Nothing answers on 127.0.0.1:9: only /etc/hosts can (the tests never ask
-  // the machine's own name servers).
-  REQUIRE(configure_resolver(ctx, {.servers = "127.0.0.1:9", .timeout = 100ms, .tries = 1}));
-  auto listener = test_support::loopback_listener(ctx);
-  ctx.run(readme_names::examples(ctx, std::to_string(listener.local_endpoint().port())));
 }

@@ -59,8 +59,10 @@ TEST_CASE("with_timeout on a read from a silent peer gives timed_out") {
     const auto took = clock_type::now() - t0;
     REQUIRE_FALSE(r);
     CHECK(r.error() == std::errc::timed_out);
-    CHECK(took >= 45ms);
-    CHECK(took < scaled(1000ms));
+    // Never early; the upper bound only shows that it fired (a busy machine
+    // may be late by a lot).
+    CHECK(took >= 50ms);
+    CHECK(took < 50ms + scaled(5s));
     // The stream still works afterwards, and no byte was lost.
     auto w = co_await p.client.write_all(bytes("after"));
     REQUIRE(w);
@@ -96,11 +98,11 @@ TEST_CASE("with_timeout delivers the result when the operation wins") {
     REQUIRE(w);
     std::byte buf[16];
     const auto t0 = clock_type::now();
-    auto r = co_await couring::with_timeout(p.server.read(buf), 10s);
+    auto r = co_await couring::with_timeout(p.server.read(buf), 60s);
     REQUIRE(r);
     CHECK(*r == 4);
-    CHECK(clock_type::now() - t0 < scaled(1s)); // the timer did not hold it up
-    auto s = co_await couring::with_timeout(couring::sleep_for(ctx, 1ms), 10s);
+    CHECK(clock_type::now() - t0 < scaled(5s)); // the 60 s timer did not hold it up
+    auto s = co_await couring::with_timeout(couring::sleep_for(ctx, 1ms), 60s);
     CHECK(s.has_value());
   };
   ctx.run(body());
@@ -115,9 +117,11 @@ TEST_CASE("with_timeout on a task cancels the operation it is suspended on, howe
     std::byte buf[16];
     const auto t0 = clock_type::now();
     auto r = co_await couring::with_timeout(nested_read(p.server, buf, 10), 50ms);
+    const auto took = clock_type::now() - t0;
     REQUIRE_FALSE(r);
     CHECK(r.error() == std::errc::timed_out);
-    CHECK(clock_type::now() - t0 < scaled(1s));
+    CHECK(took >= 50ms);
+    CHECK(took < 50ms + scaled(5s));
 
     // A task that finishes first gives its value and leaves no timer behind.
     auto w = co_await p.client.write_all(bytes("x"));
@@ -133,14 +137,14 @@ TEST_CASE("with_timeout on a task cancels the operation it is suspended on, howe
 TEST_CASE("with_timeout on tasks of other result types") {
   io_context ctx;
   auto slow_int = [&]() -> task<int> {
-    (void)co_await couring::sleep_for(ctx, 10s);
+    (void)co_await couring::sleep_for(ctx, 60s);
     co_return 1;
   };
   auto fast_int = [&]() -> task<int> {
     co_return 2;
   };
   auto slow_void = [&]() -> task<void> {
-    (void)co_await couring::sleep_for(ctx, 10s);
+    (void)co_await couring::sleep_for(ctx, 60s);
   };
   auto body = [&]() -> task<void> {
     // A plain value is the task's answer, even when the deadline cut its
@@ -156,7 +160,7 @@ TEST_CASE("with_timeout on tasks of other result types") {
   };
   const auto t0 = clock_type::now();
   ctx.run(body());
-  CHECK(clock_type::now() - t0 < scaled(2s));
+  CHECK(clock_type::now() - t0 < scaled(10s)); // the deadlines cut the 60 s sleeps short
 }
 
 TEST_CASE("with_timeout on write_all covers the whole transfer") {
@@ -184,8 +188,8 @@ TEST_CASE("a connect that never completes times out and its socket is closed") {
     const auto took = clock_type::now() - t0;
     REQUIRE_FALSE(r);
     CHECK(r.error() == std::errc::timed_out);
-    CHECK(took >= 95ms);
-    CHECK(took < scaled(150ms));
+    CHECK(took >= 100ms);
+    CHECK(took < 100ms + scaled(5s));
   };
   ctx.run(body());
   CHECK(open_fd_count() == fds_before); // the connecting socket is gone
@@ -202,7 +206,7 @@ TEST_CASE("linked-timeout race: no data lost in either completion order") {
   constexpr int messages = 1500;
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
-    std::thread peer([fd = p.client.native_handle()] {
+    joining_thread peer([fd = p.client.native_handle()] {
       for (int i = 0; i < messages; ++i) {
         const auto b = static_cast<unsigned char>(i & 0xff);
         if (::send(fd, &b, 1, MSG_NOSIGNAL) != 1)

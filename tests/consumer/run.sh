@@ -2,9 +2,12 @@
 # Builds tests/consumer against this checkout as subprojects/couring, the way a
 # user's project would, and runs it.
 set -euo pipefail
+# A stray exit status 77 must not read as "skipped" (tests/skip.sh).
+# shellcheck source=../skip.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../skip.sh"
 src=$(cd "$1" && pwd)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rc=$?; rm -rf "$work"; finish_status $rc' EXIT
 cp "$src/tests/consumer/meson.build" "$src/tests/consumer/consumer.cpp" "$work/"
 mkdir -p "$work/subprojects"
 ln -s "$src" "$work/subprojects/couring"
