@@ -4,6 +4,10 @@
 
 #include <chrono>
 #include <stop_token>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include <couring/couring.hpp>
 
@@ -113,4 +117,93 @@ TEST_CASE("README: the timeout and cancellation examples run") {
     co_await readme_timeouts::examples(ctx, server, listener.local_endpoint());
   };
   ctx.run(body());
+}
+
+namespace readme_udp {
+// --- README "UDP" (main() replaced by the test below) ----------------------------
+// Each datagram back to its sender.
+task<void> udp_echo(udp_socket& socket) {
+  std::byte buf[2048];
+  for (;;) {
+    auto d = co_await socket.receive_from(buf);
+    if (!d)
+      co_return; // closed, cancelled, or an error
+    if (d->truncated)
+      continue; // longer than buf: only d->size bytes arrived, of d->datagram_size
+    (void)co_await socket.send_to(std::span(buf, d->size), d->sender);
+  }
+}
+} // namespace readme_udp
+
+TEST_CASE("README: the UDP echo echoes, and skips truncated datagrams") {
+  io_context ctx;
+  auto socket = udp_socket::bind(ctx, endpoint::parse("127.0.0.1:0").value()).value();
+  const endpoint ep = socket.local_endpoint().value();
+  ctx.spawn(readme_udp::udp_echo(socket));
+  auto client = [&]() -> task<std::string> {
+    auto c = udp_socket::bind(ctx, endpoint::ipv4_loopback(0)).value();
+    std::vector<std::byte> too_big(3000);
+    test_support::require_ok(co_await c.send_to(too_big, ep)); // not echoed
+    test_support::require_ok(co_await c.send_to(std::string_view("echo me"), ep));
+    std::byte buf[64];
+    auto d = co_await with_timeout(c.receive_from(buf), 2s);
+    test_support::require_ok(d);
+    socket.close(); // ends udp_echo
+    co_return test_support::text(std::span(buf, d->size));
+  };
+  CHECK(ctx.run(client()) == "echo me");
+}
+
+namespace readme_unix {
+// --- README "Unix domain sockets" (main() replaced by the test below) ------------
+// Application code written once: it serves TCP and Unix connections alike.
+task<void> echo(stream& s) {
+  std::byte buf[4096];
+  for (;;) {
+    auto n = co_await s.read(buf);
+    if (!n || *n == 0)
+      co_return;
+    if (!co_await s.write_all(std::span(buf, *n)))
+      co_return;
+  }
+}
+
+task<void> connection(unix_stream s) {
+  auto who = s.peer_credentials(); // pid, uid, gid of the client (SO_PEERCRED)
+  if (who && who->uid == ::getuid())
+    co_await echo(s);
+}
+
+task<void> serve(io_context& ctx, unix_listener listener) {
+  for (;;) {
+    auto conn = co_await listener.accept();
+    if (conn)
+      ctx.spawn(connection(std::move(*conn)));
+  }
+}
+} // namespace readme_unix
+
+TEST_CASE("README: the Unix socket echo echoes, and the same echo serves TCP") {
+  io_context ctx;
+  const std::string name = "@couring-readme-" + std::to_string(::getpid());
+  auto listener = unix_listener::bind(ctx, name, {.remove_stale = true}).value();
+  ctx.spawn(readme_unix::serve(ctx, std::move(listener)));
+  auto tcp = test_support::loopback_listener(ctx);
+  auto client = [&]() -> task<std::string> {
+    auto s = co_await unix_stream::connect(ctx, unix_endpoint::parse(name).value());
+    test_support::require_ok(s);
+    test_support::require_ok(co_await s->write_all(std::string_view("unix")));
+    std::byte buf[4];
+    test_support::require_ok(co_await s->read_exactly(buf));
+    // The same echo(stream&) on a TCP connection.
+    auto [c, server] = co_await test_support::connect_pair(ctx, tcp);
+    ctx.spawn([](tcp_stream t) -> task<void> {
+      co_await readme_unix::echo(t);
+    }(std::move(server)));
+    test_support::require_ok(co_await c.write_all(std::string_view("tcp!")));
+    std::byte tbuf[4];
+    test_support::require_ok(co_await c.read_exactly(tbuf));
+    co_return test_support::text(buf) + test_support::text(tbuf);
+  };
+  CHECK(ctx.run(client()) == "unixtcp!");
 }
