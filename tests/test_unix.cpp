@@ -594,10 +594,23 @@ TEST_CASE("closing a unix stream or listener with operations pending: operation_
   CHECK(test_support::open_fd_count() == fds_before);
 }
 
-TEST_CASE("a pending receive_with_fds can be timed out and stopped") {
+TEST_CASE("a pending receive_with_fds or accept can be timed out and stopped") {
   io_context ctx;
   auto [a, b] = couring::socketpair(ctx).value();
+  auto listener = unix_listener::bind(ctx, unique_abstract("timeout")).value();
   auto body = [&]() -> task<void> {
+    auto acc = co_await with_timeout(listener.accept(), 30ms);
+    CHECK(acc.error() == std::errc::timed_out);
+    std::stop_source stop_accept;
+    stop_accept.request_stop();
+    auto acc2 = co_await with_stop_token(listener.accept(), stop_accept.get_token());
+    CHECK(acc2.error() == std::errc::operation_canceled);
+    // The listener still accepts.
+    auto c = co_await unix_stream::connect(ctx, listener.local_endpoint());
+    require_ok(c);
+    auto acc3 = co_await with_timeout(listener.accept(), 2s);
+    require_ok(acc3);
+
     received_fds fds;
     std::byte buf[4];
     auto r = co_await with_timeout(b.receive_with_fds(buf, fds), 30ms);
