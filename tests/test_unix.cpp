@@ -173,7 +173,10 @@ TEST_CASE("abstract names: no file, connect by @name, gone with the listener") {
 
 TEST_CASE("64 MiB checksummed through write_all / read_exactly over a unix_stream") {
   io_context ctx;
-  auto [a, b] = couring::socketpair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = couring::socketpair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   constexpr std::size_t total = 64u << 20, chunk = 1u << 20;
   std::uint64_t sent_sum = 0, got_sum = 0;
   auto writer = [&]() -> task<void> {
@@ -213,7 +216,10 @@ TEST_CASE("end of stream and peer reset on unix streams") {
   io_context ctx;
   auto body = [&]() -> task<void> {
     {
-      auto [a, b] = couring::socketpair(ctx).value();
+      // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+      auto ab = couring::socketpair(ctx).value();
+      auto& a = ab.first;
+      auto& b = ab.second;
       require_ok(co_await a.write_all("abc"));
       a.close();
       std::byte buf[8];
@@ -228,7 +234,10 @@ TEST_CASE("end of stream and peer reset on unix streams") {
     }
     {
       // A peer closing with data unread resets the connection.
-      auto [a, b] = couring::socketpair(ctx).value();
+      // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+      auto ab = couring::socketpair(ctx).value();
+      auto& a = ab.first;
+      auto& b = ab.second;
       require_ok(co_await a.write_all("unread"));
       b.close();
       std::byte buf[8];
@@ -353,7 +362,10 @@ TEST_CASE("unix datagrams: checksummed, sender address, truncation, connected pa
   CHECK(bad == 0);
 
   // A connected pair; an unbound sender is unnamed.
-  auto [a, b] = unix_datagram_socket::pair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = unix_datagram_socket::pair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   auto pair_body = [&]() -> task<void> {
     require_ok(co_await a.send("one"));
     std::byte buf[8];
@@ -384,7 +396,10 @@ TEST_CASE("passing a pipe and a regular file; received descriptors are owned") {
     std::fputs("file content", f);
     std::fclose(f);
   }
-  auto [a, b] = couring::socketpair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = couring::socketpair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   const auto baseline = test_support::open_fd_count();
   auto body = [&]() -> task<void> {
     int p[2];
@@ -454,7 +469,10 @@ TEST_CASE("passing a pipe and a regular file; received descriptors are owned") {
 
 TEST_CASE("more descriptors than fit (MSG_CTRUNC) is an error, and none is leaked") {
   io_context ctx;
-  auto [a, b] = couring::socketpair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = couring::socketpair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   const auto baseline = test_support::open_fd_count();
   // Sent raw: 20 descriptors in one message, more than receive_with_fds takes.
   constexpr int n = 20;
@@ -555,7 +573,10 @@ TEST_CASE("closing a unix stream or listener with operations pending: operation_
   const auto fds_before = test_support::open_fd_count();
   temp_dir dir;
   auto listener = unix_listener::bind(ctx, dir.file("close.sock")).value();
-  auto [a, b] = couring::socketpair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = couring::socketpair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   int ended = 0;
   auto reader = [&]() -> task<void> {
     std::byte buf[8];
@@ -596,7 +617,10 @@ TEST_CASE("closing a unix stream or listener with operations pending: operation_
 
 TEST_CASE("a pending receive_with_fds or accept can be timed out and stopped") {
   io_context ctx;
-  auto [a, b] = couring::socketpair(ctx).value();
+  // Named, not a structured binding: clang 14 cannot capture those in lambdas.
+  auto ab = couring::socketpair(ctx).value();
+  auto& a = ab.first;
+  auto& b = ab.second;
   auto listener = unix_listener::bind(ctx, unique_abstract("timeout")).value();
   auto body = [&]() -> task<void> {
     auto acc = co_await with_timeout(listener.accept(), 30ms);

@@ -45,7 +45,7 @@ void listener_core::close() noexcept {
     std::exchange(acceptor_, nullptr)->close_and_release();
 }
 
-// --- accept_awaitable ---------------------------------------------------------
+// --- accept_waiter ------------------------------------------------------------
 
 accept_waiter::accept_waiter(acceptor* a, ring* r) noexcept : acceptor_(a) {
   this->owner_ring = r;
