@@ -1,13 +1,15 @@
-// loadgen: closed-loop TCP ping-pong load generator for the echo server benchmarks.
+// loadgen: closed-loop TCP (or Unix socket) ping-pong load generator for the echo
+// server benchmarks.
 //
-// Opens N connections to 127.0.0.1:PORT (never any other host), then each connection
+// Opens N connections to 127.0.0.1:PORT (never any other host) -- or, with --unix,
+// to the Unix socket at PATH ("@name": abstract) -- then each connection
 // repeatedly sends one SIZE-byte message, waits for the SIZE echoed bytes, checks every
 // byte against what it sent and records the round-trip latency. Single thread, epoll,
 // non-blocking sockets. The measurement window starts after the warmup; with
 // --server-pid the server's CPU time (utime + stime of all its threads, from
 // /proc/PID/stat) is sampled at both ends of the window.
 //
-//   loadgen --port P [--connections N] [--size BYTES] [--duration S] [--warmup S]
+//   loadgen (--port P | --unix PATH) [--connections N] [--size BYTES] [--duration S] [--warmup S]
 //           [--json FILE] [--server-pid PID] [--min-per-connection N]
 //
 // Every connection must do its share: the report gives the fewest verified round trips
@@ -23,6 +25,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +41,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <vector>
 
@@ -51,16 +55,18 @@ constexpr std::size_t kMaxSize = 64u << 20;
   if (msg != nullptr)
     std::fprintf(stderr, "loadgen: %s\n", msg);
   std::fprintf(stderr,
-               "usage: loadgen --port P [--connections N] [--size BYTES] [--duration SECONDS]\n"
-               "               [--warmup SECONDS] [--json FILE] [--server-pid PID]\n"
-               "               [--min-per-connection N]\n"
-               "Always connects to %s.\n",
+               "usage: loadgen (--port P | --unix PATH) [--connections N] [--size BYTES]\n"
+               "               [--duration SECONDS] [--warmup SECONDS] [--json FILE]\n"
+               "               [--server-pid PID] [--min-per-connection N]\n"
+               "TCP always connects to %s; --unix PATH connects to a Unix socket\n"
+               "(a path, or @name for an abstract one).\n",
                kHost);
   std::exit(2);
 }
 
 struct Options {
   int port = -1;
+  std::string unix_path; // non-empty: a Unix socket instead of TCP
   int connections = 1;
   std::size_t size = 64;
   double duration = 3.0;
@@ -111,7 +117,11 @@ Options parse_args(int argc, char** argv) {
     }
     if (arg == "--port")
       o.port = static_cast<int>(parse_long(arg, value, 1, 65535));
-    else if (arg == "--host") {
+    else if (arg == "--unix") {
+      if (value.empty() || value.size() >= sizeof(sockaddr_un::sun_path))
+        usage("--unix needs a path shorter than 108 bytes");
+      o.unix_path = value;
+    } else if (arg == "--host") {
       if (value != kHost) {
         std::fprintf(stderr, "loadgen: refusing host '%s': only %s is allowed\n", value.c_str(),
                      kHost);
@@ -136,8 +146,10 @@ Options parse_args(int argc, char** argv) {
       usage(m.c_str());
     }
   }
-  if (o.port < 0)
-    usage("--port is required");
+  if (o.port < 0 && o.unix_path.empty())
+    usage("--port or --unix is required");
+  if (o.port >= 0 && !o.unix_path.empty())
+    usage("--port and --unix exclude each other");
   return o;
 }
 
@@ -284,11 +296,25 @@ bool Loadgen::connect_all() {
   conns_.resize(static_cast<std::size_t>(n));
   buffers_ = std::make_unique<std::uint8_t[]>(2 * opt_.size * static_cast<std::size_t>(n));
 
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(opt_.port));
-  if (inet_pton(AF_INET, kHost, &addr.sin_addr) != 1)
-    return false;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  const bool unix_socket = !opt_.unix_path.empty();
+  if (unix_socket) {
+    auto* un = reinterpret_cast<sockaddr_un*>(&addr);
+    un->sun_family = AF_UNIX;
+    std::memcpy(un->sun_path, opt_.unix_path.data(), opt_.unix_path.size());
+    if (opt_.unix_path[0] == '@')
+      un->sun_path[0] = '\0'; // abstract: the name's length is the address's
+    addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + opt_.unix_path.size() +
+                                      (opt_.unix_path[0] == '@' ? 0 : 1));
+  } else {
+    auto* in = reinterpret_cast<sockaddr_in*>(&addr);
+    in->sin_family = AF_INET;
+    in->sin_port = htons(static_cast<std::uint16_t>(opt_.port));
+    if (inet_pton(AF_INET, kHost, &in->sin_addr) != 1)
+      return false;
+    addr_len = sizeof(sockaddr_in);
+  }
 
   std::size_t pending = 0;
   for (int i = 0; i < n; ++i) {
@@ -296,18 +322,26 @@ bool Loadgen::connect_all() {
     c.id = static_cast<std::uint32_t>(i);
     c.sbuf = buffers_.get() + 2 * opt_.size * static_cast<std::size_t>(i);
     c.rbuf = c.sbuf + opt_.size;
-    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    // A non-blocking Unix connect fails with EAGAIN when the backlog is full
+    // (it never completes later, unlike TCP's EINPROGRESS): Unix sockets
+    // connect blocking, then turn non-blocking.
+    c.fd = socket(unix_socket ? AF_UNIX : AF_INET,
+                  SOCK_STREAM | SOCK_CLOEXEC | (unix_socket ? 0 : SOCK_NONBLOCK), 0);
     if (c.fd < 0) {
       fail(c, "socket", errno);
       continue;
     }
     int one = 1;
-    setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!unix_socket)
+      setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c.alive = true;
     ++live_;
-    if (connect(c.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 &&
-        errno != EINPROGRESS) {
+    if (connect(c.fd, reinterpret_cast<sockaddr*>(&addr), addr_len) != 0 && errno != EINPROGRESS) {
       fail(c, "connect", errno);
+      continue;
+    }
+    if (unix_socket && fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK) != 0) {
+      fail(c, "fcntl", errno);
       continue;
     }
     epoll_event ev{};
@@ -465,8 +499,12 @@ int Loadgen::run() {
   if (!connect_all())
     return 1;
   if (live_ == 0) {
-    std::fprintf(stderr, "loadgen: no connection could be established to %s:%d\n", kHost,
-                 opt_.port);
+    if (!opt_.unix_path.empty())
+      std::fprintf(stderr, "loadgen: no connection could be established to %s\n",
+                   opt_.unix_path.c_str());
+    else
+      std::fprintf(stderr, "loadgen: no connection could be established to %s:%d\n", kHost,
+                   opt_.port);
     return 1;
   }
   const std::size_t connected = live_;
@@ -602,6 +640,7 @@ int Loadgen::run() {
   std::fflush(stdout);
 
   if (!opt_.json.empty()) {
+    const std::string host = opt_.unix_path.empty() ? std::string(kHost) : "unix:" + opt_.unix_path;
     FILE* f = std::fopen(opt_.json.c_str(), "w");
     if (f == nullptr) {
       std::perror("loadgen: cannot write the JSON file");
@@ -617,7 +656,7 @@ int Loadgen::run() {
         ",\n  \"byte_errors\": %" PRIu64 ",\n  \"corrupt_round_trips\": %" PRIu64
         ",\n  \"client_cpu_seconds\": %.4f,\n"
         "  \"min_round_trips_per_connection\": %" PRIu64 ",\n  \"connections_below_floor\": %zu",
-        kHost, opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
+        host.c_str(), opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
         st_.round_trips, rps, mean_us, p50, p99, p999, max_us, st_.errors, st_.byte_errors,
         st_.corrupt_round_trips, client_cpu, min_rt, starved);
     if (opt_.server_pid > 0) {

@@ -1,19 +1,23 @@
-// A single-threaded TCP echo server: every byte a client sends comes back,
-// until the client closes. Thousands of connections on one io_context, one
-// coroutine each; peers that reset or vanish only end their own coroutine.
+// A single-threaded echo server: every byte a client sends comes back, until
+// the client closes -- over TCP, and also over a Unix socket (--unix) and as
+// UDP datagrams on the same port (--udp). Thousands of connections on one
+// io_context, one coroutine each; peers that reset or vanish only end their
+// own coroutine. One echo() serves every kind of stream.
 //
-//   echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS]
+//   echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS] [--udp] [--unix PATH]
 //
 // SIGINT/SIGTERM (read through a couring::signal_set) stop it: it stops
 // accepting, lets the connections still open finish within the grace period,
 // closes the rest, and exits 0.
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <string_view>
+#include <string>
 #include <vector>
 
 #include <sys/resource.h>
@@ -28,10 +32,10 @@ namespace {
 struct connection_list {
   struct node {
     connection_list* list;
-    couring::tcp_stream* stream;
+    couring::stream* stream;
     node* prev = nullptr;
     node* next = nullptr;
-    node(connection_list& l, couring::tcp_stream& s) : list(&l), stream(&s) {
+    node(connection_list& l, couring::stream& s) : list(&l), stream(&s) {
       next = l.head;
       if (next != nullptr)
         next->prev = this;
@@ -54,28 +58,39 @@ struct connection_list {
   }
 };
 
-// One connection: read what is there, send it all back, repeat. The buffer
-// lives in the coroutine frame; the loop allocates nothing.
-couring::task<void> echo(couring::tcp_stream stream, std::size_t buffer_size,
-                         connection_list& live) {
+// One connection, whatever kind of stream it is: read what is there, send it
+// all back, repeat. The buffer is allocated once; the loop allocates nothing.
+couring::task<void> echo(couring::stream& stream, std::size_t buffer_size, connection_list& live) {
   connection_list::node registered(live, stream);
   std::vector<std::byte> buf(buffer_size);
-  (void)stream.set_no_delay(true);
   for (;;) {
     auto n = co_await stream.read(buf);
     if (!n || *n == 0)
-      co_return; // reset, error, end of stream or closed: the destructor closes
+      co_return; // reset, error, end of stream or closed: the owner's destructor closes
     if (!co_await stream.write_all(std::span(buf).first(*n)))
       co_return;
   }
 }
 
-couring::task<void> serve(couring::io_context& ctx, couring::tcp_listener& listener,
-                          std::size_t buffer_size, connection_list& live) {
+// Each connection's coroutine owns its stream and hands it to echo().
+couring::task<void> connection(couring::tcp_stream stream, std::size_t buffer_size,
+                               connection_list& live) {
+  (void)stream.set_no_delay(true);
+  co_await echo(stream, buffer_size, live);
+}
+couring::task<void> connection(couring::unix_stream stream, std::size_t buffer_size,
+                               connection_list& live) {
+  co_await echo(stream, buffer_size, live);
+}
+
+// Accepts on any listener (tcp_listener, unix_listener) until it is closed.
+template <class Listener>
+couring::task<void> serve(couring::io_context& ctx, Listener& listener, std::size_t buffer_size,
+                          connection_list& live) {
   for (;;) {
     auto conn = co_await listener.accept();
     if (conn) {
-      ctx.spawn(echo(std::move(*conn), buffer_size, live));
+      ctx.spawn(connection(std::move(*conn), buffer_size, live));
       continue;
     }
     if (conn.error() == std::errc::operation_canceled)
@@ -84,15 +99,44 @@ couring::task<void> serve(couring::io_context& ctx, couring::tcp_listener& liste
   }
 }
 
+// Each datagram back to its sender. One receive buffer, no allocation per
+// datagram; a datagram larger than the buffer is echoed truncated.
+couring::task<void> serve_datagrams(couring::udp_socket& socket, std::size_t buffer_size) {
+  std::vector<std::byte> buf(std::max<std::size_t>(buffer_size, 65536));
+  for (;;) {
+    auto d = co_await socket.receive_from(buf);
+    if (!d) {
+      if (d.error() == std::errc::operation_canceled)
+        co_return; // stopping
+      continue;    // e.g. a refusal reported by an earlier reply's ICMP
+    }
+    (void)co_await socket.send_to(std::span(buf).first(d->size), d->sender);
+  }
+}
+
+// What the server listens on.
+struct listeners {
+  couring::tcp_listener tcp;
+  couring::unix_listener unix_socket; // closed unless --unix
+  couring::udp_socket udp;            // closed unless --udp
+};
+
 // Serves until SIGINT or SIGTERM, then stops in order.
-couring::task<void> run_until_signal(couring::io_context& ctx, couring::tcp_listener& listener,
+couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l,
                                      std::size_t buffer_size, std::chrono::milliseconds grace,
                                      couring::signal_set& signals) {
   using namespace std::chrono_literals;
   connection_list live;
-  ctx.spawn(serve(ctx, listener, buffer_size, live));
+  ctx.spawn(serve(ctx, l.tcp, buffer_size, live));
+  if (l.unix_socket.is_open())
+    ctx.spawn(serve(ctx, l.unix_socket, buffer_size, live));
+  if (l.udp.is_open())
+    ctx.spawn(serve_datagrams(l.udp, buffer_size));
   (void)co_await signals.wait();
-  listener.close(); // new connections are refused from now on
+  // New connections are refused from now on (the Unix socket's file goes).
+  l.tcp.close();
+  l.unix_socket.close();
+  l.udp.close();
   const auto deadline = std::chrono::steady_clock::now() + grace;
   while (!live.empty() && std::chrono::steady_clock::now() < deadline)
     (void)co_await couring::sleep_for(ctx, 10ms);
@@ -104,13 +148,17 @@ couring::task<void> run_until_signal(couring::io_context& ctx, couring::tcp_list
 }
 
 void usage(std::FILE* out) {
-  std::fputs("usage: echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS]\n"
+  std::fputs("usage: echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS] "
+             "[--udp] [--unix PATH]\n"
              "  Echoes every byte back to each client until it closes.\n"
              "  PORT             TCP port to listen on (0: any free port, printed)\n"
              "  --address ADDR   address to listen on (default 127.0.0.1; [::1] for IPv6)\n"
              "  --buffer BYTES   read buffer per connection (default 16384)\n"
              "  --grace SECONDS  on SIGINT/SIGTERM, how long open connections may go on\n"
              "                   before they are closed (default 2)\n"
+             "  --udp            also echo UDP datagrams on the same port, each to its sender\n"
+             "  --unix PATH      also serve a Unix stream socket at PATH (@name: abstract);\n"
+             "                   a stale socket file there is replaced, removed on exit\n"
              "  SIGINT/SIGTERM stop the server cleanly (exit status 0).\n",
              out);
 }
@@ -126,16 +174,23 @@ int main(int argc, char** argv) {
   std::string_view port_text, address = "127.0.0.1";
   unsigned long buffer_size = 16384;
   unsigned long grace_seconds = 2;
+  bool udp = false;
+  std::string unix_path;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       usage(stdout);
       return 0;
     }
-    if ((arg == "--address" || arg == "--buffer" || arg == "--grace") && i + 1 < argc) {
+    if (arg == "--udp") {
+      udp = true;
+    } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix") &&
+               i + 1 < argc) {
       std::string_view value = argv[++i];
       if (arg == "--address") {
         address = value;
+      } else if (arg == "--unix") {
+        unix_path = value;
       } else if (arg == "--grace") {
         if (!parse_number(value, grace_seconds)) {
           std::cerr << "echo_server: bad --grace '" << value << "'\n";
@@ -174,16 +229,40 @@ int main(int argc, char** argv) {
     couring::io_context ctx;
     // Blocked in this (the only) thread before anything else can start one.
     couring::signal_set signals(ctx, {SIGINT, SIGTERM});
+    listeners l;
     auto listener = couring::tcp_listener::bind(ctx, *ep);
     if (!listener) {
       std::cerr << "echo_server: cannot listen on " << ep->to_string() << ": "
                 << listener.error().message() << '\n';
       return 1;
     }
+    l.tcp = std::move(*listener);
     if (port == 0)
-      std::cout << "listening on " << listener->local_endpoint().to_string() << std::endl;
-    ctx.run(run_until_signal(ctx, *listener, buffer_size, std::chrono::seconds(grace_seconds),
-                             signals));
+      std::cout << "listening on " << l.tcp.local_endpoint().to_string() << std::endl;
+    if (udp) {
+      // The same port as the TCP listener (the one it picked, for port 0).
+      auto s = couring::udp_socket::bind(ctx, l.tcp.local_endpoint());
+      if (!s) {
+        std::cerr << "echo_server: cannot bind UDP " << l.tcp.local_endpoint().to_string() << ": "
+                  << s.error().message() << '\n';
+        return 1;
+      }
+      l.udp = std::move(*s);
+      if (port == 0)
+        std::cout << "udp on " << l.udp.local_endpoint()->to_string() << std::endl;
+    }
+    if (!unix_path.empty()) {
+      auto u = couring::unix_listener::bind(ctx, unix_path, {.remove_stale = true});
+      if (!u) {
+        std::cerr << "echo_server: cannot listen on " << unix_path << ": " << u.error().message()
+                  << '\n';
+        return 1;
+      }
+      l.unix_socket = std::move(*u);
+      if (port == 0)
+        std::cout << "unix on " << l.unix_socket.local_endpoint().to_string() << std::endl;
+    }
+    ctx.run(run_until_signal(ctx, l, buffer_size, std::chrono::seconds(grace_seconds), signals));
   } catch (const std::exception& e) {
     std::cerr << "echo_server: " << e.what() << '\n';
     return 1;

@@ -2,6 +2,8 @@
 # examples/echo_server as users run it: thousands of connections at once with
 # every byte checked, peers that reset or vanish, nothing printed per
 # connection, and a clean exit on SIGTERM. 127.0.0.1 only, bounded in time.
+# The same server also echoes UDP datagrams (--udp) and serves a Unix socket
+# (--unix), whose file it removes on exit.
 #
 #   echo_server_load.sh ECHO_SERVER LOADGEN
 set -euo pipefail
@@ -15,10 +17,11 @@ cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap 'rc=$?; cleanup; finish_status $rc' EXIT
 ulimit -n "$(ulimit -Hn)"
 
-"$server" 0 >"$work/out" 2>"$work/err" &
+sock=$work/echo.sock
+"$server" 0 --udp --unix "$sock" >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 1 100); do
-  grep -q '^listening on' "$work/out" && break
+  grep -q '^unix on' "$work/out" && break
   sleep 0.05
 done
 port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$work/out")
@@ -34,6 +37,25 @@ echo "== 2000 connections, 64 B"
 "$loadgen" --port "$port" --connections 2000 --size 64 --duration 1 --warmup 0.3 --min-per-connection "$floor"
 echo "== 100 connections, 100 KiB messages (short reads and writes)"
 "$loadgen" --port "$port" --connections 100 --size 102400 --duration 1 --warmup 0.2 --min-per-connection "$floor"
+
+echo "== 500 Unix socket connections, 64 B, and 4 KiB"
+"$loadgen" --unix "$sock" --connections 500 --size 64 --duration 1 --warmup 0.2
+"$loadgen" --unix "$sock" --connections 20 --size 4096 --duration 0.5 --warmup 0.1
+
+echo "== UDP: 1000 datagrams echoed to their sender, every byte checked"
+python3 - "$port" <<'PY'
+import os, socket, sys
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for i in range(1000):
+    msg = os.urandom(1 + i % 1400)
+    s.sendto(msg, ("127.0.0.1", port))
+    back, sender = s.recvfrom(2048)
+    assert back == msg, f"datagram {i} came back wrong"
+    assert sender == ("127.0.0.1", port)
+print("1000 datagrams echoed")
+PY
 
 echo "== peers that reset or vanish"
 python3 - "$port" <<'PY'
@@ -56,7 +78,8 @@ status=0
 wait "$pid" || status=$?
 pid=
 [[ $status == 0 ]] || { echo "echo_server exited with $status on SIGTERM"; exit 1; }
-if [[ $(wc -l <"$work/out") != 1 || -s $work/err ]]; then
-  echo "echo_server printed more than its listening line:"; cat "$work/out" "$work/err"; exit 1
+if [[ $(wc -l <"$work/out") != 3 || -s $work/err ]]; then
+  echo "echo_server printed more than its three listening lines:"; cat "$work/out" "$work/err"; exit 1
 fi
+[[ ! -e $sock ]] || { echo "echo_server left its Unix socket file behind"; exit 1; }
 echo "echo_server: ok"

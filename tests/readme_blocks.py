@@ -11,8 +11,10 @@ says what it is; GitHub does not render it:
       generated header, the rest goes into a namespace of its own with
       `int main(` renamed, and test_readme.cpp runs that main in a child
       process checked by the named CHECKER (see test_readme.cpp): `exits`
-      (main returns 0 within a few seconds) or `echo_server PORT` (it serves
-      an echo on 127.0.0.1:PORT). Renamed, main loses its implicit
+      (main returns 0 within a few seconds), `echo_server PORT` (it serves
+      a TCP echo on 127.0.0.1:PORT), `udp_echo PORT` (it echoes datagrams
+      on 127.0.0.1:PORT) or `unix_echo PATH` (it serves an echo on the Unix
+      socket PATH). Renamed, main loses its implicit
       `return 0`: a program that ends must return explicitly.
 
   <!-- readme-test: fragment [setup=FUNCTION] [continues] [check=FUNCTION(NAMES...)] -->
@@ -97,7 +99,7 @@ def main():
                 fail(readme, line, "program: name its checker, e.g. `program exits`")
             checker, args = words[1], words[2:]
             if not re.fullmatch(r"[A-Za-z_]\w*", checker) or not all(
-                    re.fullmatch(r"[\w.:-]+", a) for a in args):
+                    re.fullmatch(r"[\w.:/@-]+", a) for a in args):
                 fail(readme, line, f"program: bad checker or arguments: {marker!r}")
             text = "\n".join(code)
             if len(re.findall(r"\bint\s+main\s*\(", text)) != 1:

@@ -150,6 +150,49 @@ TEST_CASE("10,000 echo round trips allocate nothing after the first") {
   CHECK(during == 0);
 }
 
+TEST_CASE("10,000 datagram round trips allocate nothing after the first") {
+  io_context ctx;
+  auto a = couring::udp_socket::bind(ctx, couring::endpoint::ipv4_loopback(0)).value();
+  auto b = couring::udp_socket::bind(ctx, couring::endpoint::ipv4_loopback(0)).value();
+  const couring::endpoint to_b = b.local_endpoint().value();
+  std::size_t during = 0;
+  int verified = 0;
+  // b echoes each datagram to its sender: receive_from, then send_to.
+  auto echo = [&]() -> task<void> {
+    std::byte buf[256];
+    for (;;) {
+      auto d = co_await b.receive_from(buf);
+      if (!d || d->size == 0)
+        co_return;
+      if (!co_await b.send_to(std::span(buf, d->size), d->sender))
+        co_return;
+    }
+  };
+  auto client = [&]() -> task<void> {
+    std::byte out[64], in[64];
+    std::size_t before = 0;
+    for (int i = 0; i <= 10'000; ++i) {
+      if (i == 1)
+        before = allocations.load();
+      for (std::size_t j = 0; j < sizeof out; ++j)
+        out[j] = static_cast<std::byte>(i + static_cast<int>(j));
+      auto w = co_await a.send_to(out, to_b);
+      auto r = co_await a.receive_from(in);
+      if (!w || !r)
+        break;
+      if (r->size == sizeof in && std::memcmp(in, out, sizeof in) == 0)
+        ++verified;
+    }
+    during = allocations.load() - before;
+    (void)co_await a.send_to(std::span<const std::byte>(), to_b); // ends the echo
+  };
+  ctx.spawn(echo());
+  ctx.run(client());
+  ctx.run();
+  CHECK(verified == 10'001);
+  CHECK(during == 0);
+}
+
 TEST_CASE("the allocation counter counts every form of new") {
   const auto before = allocations.load();
   // Calls, not new-expressions: they cannot be elided.

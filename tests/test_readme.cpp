@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -21,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -183,13 +185,13 @@ void loopback_up() {
   ::close(s);
 }
 
-// A client for a program that echoes on 127.0.0.1:port; true if it echoed.
-bool echo_check(int port) {
+// A client for a program that echoes on a stream socket at `to`; true if
+// it echoed.
+bool echo_check(const sockaddr* to, socklen_t to_len) {
   const auto until = std::chrono::steady_clock::now() + test_support::scaled(10s);
   while (std::chrono::steady_clock::now() < until) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const auto ep = couring::endpoint::ipv4_loopback(static_cast<std::uint16_t>(port));
-    if (::connect(fd, ep.data(), ep.size()) != 0) {
+    const int fd = ::socket(to->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (::connect(fd, to, to_len) != 0) {
       ::close(fd);
       std::this_thread::sleep_for(20ms);
       continue;
@@ -214,15 +216,50 @@ bool echo_check(int port) {
   return false;
 }
 
+bool tcp_echo_check(int port) {
+  const auto ep = couring::endpoint::ipv4_loopback(static_cast<std::uint16_t>(port));
+  return echo_check(ep.data(), ep.size());
+}
+
+bool unix_echo_check(const std::string& path) {
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  if (path.size() >= sizeof un.sun_path)
+    return false;
+  std::memcpy(un.sun_path, path.data(), path.size());
+  return echo_check(reinterpret_cast<const sockaddr*>(&un), sizeof un);
+}
+
+// A datagram to 127.0.0.1:port must come back whole (retried: the program
+// may not be bound yet, and a datagram may be lost).
+bool udp_echo_check(int port) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  timeval tv{.tv_sec = 0, .tv_usec = 200'000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const auto ep = couring::endpoint::ipv4_loopback(static_cast<std::uint16_t>(port));
+  const std::string msg = "echo me too, README";
+  bool ok = false;
+  const auto until = std::chrono::steady_clock::now() + test_support::scaled(10s);
+  while (!ok && std::chrono::steady_clock::now() < until) {
+    (void)::sendto(fd, msg.data(), msg.size(), 0, ep.data(), ep.size());
+    char b[64];
+    const auto n = ::recv(fd, b, sizeof b, 0);
+    ok = n == static_cast<ssize_t>(msg.size()) && std::string(b, msg.size()) == msg;
+  }
+  ::close(fd);
+  return ok;
+}
+
 // Runs the program's main in a child (in a network namespace of its own when
 // allowed, so that its fixed port cannot collide), checked by its checker.
 // Returns "" or what went wrong.
 std::string run_program(const readme_program& p) {
   const std::string checker = p.checker;
-  if (checker != "exits" && checker != "echo_server")
+  if (checker != "exits" && checker != "echo_server" && checker != "udp_echo" &&
+      checker != "unix_echo")
     return "unknown checker '" + checker + "' (see test_readme.cpp)";
-  if (checker == "echo_server" && p.args.size() != 1)
-    return "echo_server wants one argument, the port";
+  if (checker != "exits" && p.args.size() != 1)
+    return checker + " wants one argument, the port or path";
   int pipefd[2];
   if (::pipe(pipefd) != 0)
     return "pipe failed";
@@ -243,7 +280,9 @@ std::string run_program(const readme_program& p) {
     const pid_t server = ::fork();
     if (server == 0)
       ::_exit(p.main() == 0 ? 3 : 4); // a server that returns is a failure
-    const bool ok = echo_check(std::stoi(p.args[0]));
+    const bool ok = checker == "echo_server" ? tcp_echo_check(std::stoi(p.args[0]))
+                    : checker == "udp_echo"  ? udp_echo_check(std::stoi(p.args[0]))
+                                             : unix_echo_check(p.args[0]);
     ::kill(server, SIGKILL);
     int st = 0;
     ::waitpid(server, &st, 0);

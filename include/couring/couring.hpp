@@ -2,6 +2,7 @@
 
 // The umbrella header: everything couring offers.
 
+#include <couring/datagram_socket.hpp>
 #include <couring/endpoint.hpp>
 #include <couring/error.hpp>
 #include <couring/file.hpp>
@@ -19,5 +20,11 @@
 #include <couring/tcp_listener.hpp>
 #include <couring/tcp_stream.hpp>
 #include <couring/timeout.hpp>
+#include <couring/udp_socket.hpp>
+#include <couring/unique_fd.hpp>
+#include <couring/unix_datagram_socket.hpp>
+#include <couring/unix_endpoint.hpp>
+#include <couring/unix_listener.hpp>
+#include <couring/unix_stream.hpp>
 #include <couring/when_all.hpp>
 #include <couring/when_any.hpp>

@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include <couring/detail/io_awaitable.hpp>
+#include <couring/detail/connect_awaitable.hpp>
 #include <couring/endpoint.hpp>
 #include <couring/io_context.hpp>
 #include <couring/result.hpp>
@@ -49,22 +49,7 @@ public:
   static task<result<tcp_stream>> connect_any(io_context& ctx, std::vector<endpoint> remotes,
                                               connect_options options = {});
 
-  class connect_awaitable : public detail::io_awaitable<connect_awaitable> {
-  public:
-    connect_awaitable(const detail::object_handle& h, const endpoint& remote) noexcept
-        : io_awaitable(h.ring_ptr(), h.state(), nullptr), remote_(remote) {}
-    void prepare(io_uring_sqe* sqe) noexcept {
-      io_uring_prep_connect(sqe, this->object->fd, remote_.data(), remote_.size());
-    }
-    static result<void> make_result(int res) noexcept {
-      if (res < 0)
-        return errno_code(res);
-      return {};
-    }
-
-  private:
-    endpoint remote_; // the kernel reads the address from here
-  };
+  using connect_awaitable = detail::connect_awaitable<endpoint>;
 
   result<endpoint> local_endpoint() const;
   result<endpoint> remote_endpoint() const;

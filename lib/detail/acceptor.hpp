@@ -1,6 +1,8 @@
 #pragma once
 
-// The state behind a tcp_listener (private to the library).
+// The state behind a listener (tcp_listener, unix_listener; private to the
+// library). It deals in plain descriptors: each listener type wraps an
+// accepted one into its own stream type (detail::accept_awaitable<Stream>).
 //
 // One request accepts for the listener: a multishot IORING_OP_ACCEPT (or one
 // single-shot accept at a time where multishot is switched off). Its states:
@@ -22,8 +24,8 @@
 #include <cstddef>
 #include <memory>
 
+#include <couring/detail/listener.hpp>
 #include <couring/detail/ring.hpp>
-#include <couring/tcp_listener.hpp>
 
 namespace couring::detail {
 
@@ -42,8 +44,8 @@ public:
 
   // From accept_awaitable.
   bool try_take(int& result) noexcept;
-  void add_waiter(tcp_listener::accept_awaitable* w);
-  void remove_waiter(tcp_listener::accept_awaitable* w) noexcept;
+  void add_waiter(accept_waiter* w);
+  void remove_waiter(accept_waiter* w) noexcept;
 
 private:
   enum class state { idle, accepting, pausing, backing_off };
@@ -66,7 +68,7 @@ private:
   void start_backoff() noexcept;
   void rearm_if_waited_for() noexcept;
   void hand_out(int res) noexcept;
-  void end_waiter(tcp_listener::accept_awaitable* w, int err) noexcept;
+  void end_waiter(accept_waiter* w, int err) noexcept;
   void fail_all_waiters(int err) noexcept;
   void maybe_delete() noexcept;
 
@@ -91,8 +93,8 @@ private:
   std::unique_ptr<int[]> queue_;
   std::size_t first_ = 0;
   std::size_t queued_ = 0;
-  tcp_listener::accept_awaitable* first_waiter_ = nullptr;
-  tcp_listener::accept_awaitable* last_waiter_ = nullptr;
+  accept_waiter* first_waiter_ = nullptr;
+  accept_waiter* last_waiter_ = nullptr;
 };
 
 } // namespace couring::detail

@@ -43,3 +43,39 @@ result<endpoint> socket_name(int fd, bool peer) {
 }
 
 } // namespace couring::detail
+
+namespace couring::detail {
+
+result<void> connect_socket(int fd, const sockaddr* addr, socklen_t len) noexcept {
+  if (::connect(fd, addr, len) != 0)
+    return last_error();
+  return {};
+}
+
+result<void> socket_name_raw(int fd, bool peer, sockaddr_storage& out, socklen_t& len) noexcept {
+  auto* sa = reinterpret_cast<sockaddr*>(&out);
+  len = sizeof out;
+  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0)
+    return last_error();
+  return {};
+}
+
+} // namespace couring::detail
+
+namespace couring::detail {
+
+result<int> get_socket_int(int fd, int level, int option) noexcept {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (::getsockopt(fd, level, option, &value, &len) != 0)
+    return last_error();
+  return value;
+}
+
+result<void> set_socket_int(int fd, int level, int option, int value) noexcept {
+  if (::setsockopt(fd, level, option, &value, sizeof value) != 0)
+    return last_error();
+  return {};
+}
+
+} // namespace couring::detail

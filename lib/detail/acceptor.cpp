@@ -1,0 +1,326 @@
+#include "acceptor.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <new>
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace couring::detail {
+
+namespace {
+// More connections than this accepted ahead with nobody taking them: stop
+// accepting until the queue drains (the kernel's backlog holds the rest).
+constexpr std::size_t max_queued = 128;
+constexpr unsigned first_backoff_ms = 10;
+constexpr unsigned max_backoff_ms = 1000;
+} // namespace
+
+// --- listener_core -------------------------------------------------------------
+
+listener_core::listener_core(io_context& ctx, int fd) : ctx_(&ctx) {
+  // The memory first: if even that fails, fd is still ours to close. Once
+  // the constructor runs, the acceptor's handle owns fd (and closes it if
+  // the constructor throws).
+  void* memory = ::operator new(sizeof(acceptor), std::nothrow);
+  if (memory == nullptr) {
+    ::close(fd);
+    throw std::bad_alloc();
+  }
+  try {
+    acceptor_ = ::new (memory) acceptor(ctx, fd);
+  } catch (...) {
+    ::operator delete(memory);
+    throw;
+  }
+}
+
+int listener_core::native_handle() const noexcept {
+  return acceptor_ != nullptr ? acceptor_->fd() : -1;
+}
+
+void listener_core::close() noexcept {
+  if (acceptor_ != nullptr)
+    std::exchange(acceptor_, nullptr)->close_and_release();
+}
+
+// --- accept_waiter ------------------------------------------------------------
+
+accept_waiter::accept_waiter(acceptor* a, ring* r) noexcept : acceptor_(a) {
+  this->owner_ring = r;
+}
+
+accept_waiter::accept_waiter(accept_waiter&& other) noexcept : acceptor_(other.acceptor_) {
+  // Only what is set before the await: res and friends are not yet.
+  this->owner_ring = other.owner_ring;
+  assert(!other.linked_ && "an accept awaitable moved while waiting");
+}
+
+accept_waiter::~accept_waiter() {
+  if (linked_)
+    acceptor_->remove_waiter(this); // the frame goes away while waiting (teardown)
+}
+
+// A closed listener's accept ends as close() ends a waiting one; one that
+// was never bound (or moved from) has no context at all.
+static int closed_listener_error(const ring* r) noexcept {
+  return r != nullptr ? -ECANCELED : -EBADF;
+}
+
+bool accept_waiter::await_ready() noexcept {
+  if (acceptor_ == nullptr) {
+    this->res = closed_listener_error(this->owner_ring);
+    return true;
+  }
+  return acceptor_->try_take(this->res);
+}
+
+bool accept_waiter::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+  this->scope = s;
+  if (acceptor_ == nullptr) {
+    this->res = closed_listener_error(this->owner_ring);
+    return false;
+  }
+  if (acceptor_->try_take(this->res))
+    return false;
+  if (s != nullptr && s->cancelled()) {
+    this->res = -ECANCELED;
+    return false;
+  }
+  this->waiter = awaiting;
+  acceptor_->add_waiter(this);
+  if (s != nullptr)
+    s->set_current(this);
+  return true;
+}
+
+// --- acceptor -------------------------------------------------------------------
+
+acceptor::acceptor(io_context& ctx, int fd)
+    : ring_(&ctx.ring()), handle_(ctx.ring(), fd), multishot_(ring_->multishot_accept_supported()),
+      queue_(std::make_unique<int[]>(queue_capacity)) {
+  accept_op_.owner_ring = ring_;
+  accept_op_.object = handle_.state(); // the descriptor stays open while it is in flight
+  accept_op_.owner = this;
+  accept_op_.on_complete = &on_accept;
+  accept_op_.on_abandon = &on_accept_abandoned;
+  backoff_op_.owner_ring = ring_;
+  backoff_op_.owner = this;
+  backoff_op_.on_complete = &on_backoff;
+  backoff_op_.on_abandon = &on_backoff_abandoned;
+}
+
+void acceptor::push(int res) noexcept {
+  queue_[(first_ + queued_) % queue_capacity] = res;
+  ++queued_;
+}
+
+int acceptor::pop() noexcept {
+  const int res = queue_[first_];
+  first_ = (first_ + 1) % queue_capacity;
+  --queued_;
+  return res;
+}
+
+bool acceptor::try_take(int& result) noexcept {
+  if (queued_ == 0)
+    return false;
+  result = pop();
+  // Taking from a paused queue makes room again: accept ahead once more the
+  // next time someone waits (add_waiter arms when idle).
+  return true;
+}
+
+void acceptor::add_waiter(accept_waiter* w) {
+  // Arm first: if that throws, nothing is linked that could be resumed later.
+  if (state_ == state::idle)
+    arm();
+  w->cancel_fn = &on_waiter_cancel;
+  w->prev_ = last_waiter_;
+  w->next_ = nullptr;
+  if (last_waiter_ != nullptr)
+    last_waiter_->next_ = w;
+  else
+    first_waiter_ = w;
+  last_waiter_ = w;
+  w->linked_ = true;
+  ring_->count_parked(+1);
+}
+
+void acceptor::remove_waiter(accept_waiter* w) noexcept {
+  if (!w->linked_)
+    return;
+  if (w->prev_ != nullptr)
+    w->prev_->next_ = w->next_;
+  else
+    first_waiter_ = w->next_;
+  if (w->next_ != nullptr)
+    w->next_->prev_ = w->prev_;
+  else
+    last_waiter_ = w->prev_;
+  w->prev_ = w->next_ = nullptr;
+  w->linked_ = false;
+  ring_->count_parked(-1);
+}
+
+void acceptor::arm() {
+  io_uring_sqe* sqe = ring_->get_sqe();
+  if (multishot_)
+    io_uring_prep_multishot_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  else
+    io_uring_prep_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  ring_->arm(sqe, &accept_op_);
+  ring_->count_internal(+1);
+  state_ = state::accepting;
+}
+
+void acceptor::request_ended() noexcept {
+  state_ = state::idle;
+  if (!closed_)
+    ring_->count_internal(-1);
+}
+
+void acceptor::start_backoff() noexcept {
+  backoff_ms_ = backoff_ms_ == 0 ? first_backoff_ms : std::min(backoff_ms_ * 2, max_backoff_ms);
+  backoff_op_.ts = to_timespec(std::chrono::milliseconds(backoff_ms_));
+  try {
+    io_uring_sqe* sqe = ring_->get_sqe();
+    io_uring_prep_timeout(sqe, &backoff_op_.ts, 0, 0);
+    ring_->arm(sqe, &backoff_op_);
+    ring_->count_internal(+1);
+    state_ = state::backing_off;
+  } catch (...) {
+    fail_all_waiters(ENOMEM);
+  }
+}
+
+void acceptor::rearm_if_waited_for() noexcept {
+  if (state_ != state::idle || closed_ || first_waiter_ == nullptr)
+    return;
+  try {
+    arm();
+  } catch (...) {
+    fail_all_waiters(ENOMEM);
+  }
+}
+
+// A connection (res >= 0) or an error for the first waiter, else the queue.
+void acceptor::hand_out(int res) noexcept {
+  if (first_waiter_ != nullptr) {
+    accept_waiter* w = first_waiter_;
+    remove_waiter(w);
+    w->res = res;
+    ring_->finish(w);
+  } else if (res >= 0) {
+    if (queue_full())
+      ::close(res); // beyond even the pause's slack: the peer sees a reset
+    else
+      push(res);
+  } else if (queued_ == 0 || queue_[(first_ + queued_ - 1) % queue_capacity] >= 0) {
+    if (!queue_full())
+      push(res); // one error in a row is enough to report
+  }
+}
+
+void acceptor::on_accept(operation* op) noexcept {
+  acceptor* self = static_cast<accept_record*>(op)->owner;
+  const int res = op->res;
+  const bool more = (op->cqe_flags & IORING_CQE_F_MORE) != 0;
+  const bool was_pausing = self->state_ == state::pausing;
+  if (!more)
+    self->request_ended();
+  self->dispatching_ = true;
+  if (res >= 0) {
+    self->backoff_ms_ = 0;
+    if (self->closed_) {
+      ::close(res); // nobody will take it
+    } else {
+      self->hand_out(res);
+      if (more && self->queued_ >= max_queued && self->state_ == state::accepting) {
+        self->state_ = state::pausing; // accepted far ahead: let the backlog hold the rest
+        self->ring_->cancel(&self->accept_op_);
+      }
+    }
+  } else if (res == -ECANCELED && (self->closed_ || was_pausing)) {
+    // Our own cancellation: closing, or pausing.
+  } else if (!self->closed_) {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS or anything else: the back-off is
+    // armed before the error is handed to a waiter, whose next accept()
+    // must find it armed.
+    if (self->state_ == state::idle)
+      self->start_backoff();
+    self->hand_out(res);
+  }
+  // The request ended and someone still waits: arm it again.
+  self->rearm_if_waited_for();
+  self->dispatching_ = false;
+  self->maybe_delete();
+}
+
+void acceptor::on_accept_abandoned(operation* op) noexcept {
+  acceptor* self = static_cast<accept_record*>(op)->owner;
+  if (op->res >= 0)
+    ::close(op->res); // teardown: nobody will take it
+  if ((op->cqe_flags & IORING_CQE_F_MORE) == 0)
+    self->request_ended();
+  self->maybe_delete();
+}
+
+void acceptor::on_backoff(operation* op) noexcept {
+  acceptor* self = static_cast<backoff_record*>(op)->owner;
+  self->request_ended();
+  self->rearm_if_waited_for();
+  self->maybe_delete();
+}
+
+void acceptor::on_backoff_abandoned(operation* op) noexcept {
+  acceptor* self = static_cast<backoff_record*>(op)->owner;
+  self->request_ended();
+  self->maybe_delete();
+}
+
+void acceptor::end_waiter(accept_waiter* w, int err) noexcept {
+  remove_waiter(w);
+  w->res = -err;
+  if (w->scope != nullptr)
+    w->scope->clear_current(w);
+  // Resumed on the next turn: whoever ends it is in the middle of something
+  // (a cancellation, a close).
+  if (!ring_->draining())
+    ring_->post(w);
+}
+
+void acceptor::on_waiter_cancel(operation* op) noexcept {
+  auto* w = static_cast<accept_waiter*>(op);
+  w->acceptor_->end_waiter(w, ECANCELED);
+}
+
+void acceptor::fail_all_waiters(int err) noexcept {
+  while (first_waiter_ != nullptr)
+    end_waiter(first_waiter_, err);
+}
+
+void acceptor::close_and_release() noexcept {
+  // A request still in flight is no longer background work: it is part of
+  // the close, and run() waits for it (the descriptor goes after it).
+  if (state_ != state::idle)
+    ring_->count_internal(-1);
+  closed_ = true;
+  fail_all_waiters(ECANCELED);
+  while (queued_ > 0)
+    if (const int fd = pop(); fd >= 0)
+      ::close(fd);
+  if (state_ == state::backing_off)
+    ring_->cancel(&backoff_op_);
+  // Stops listening now; the descriptor goes once the accept request is in.
+  handle_.close(ring::close_mode::listener);
+  maybe_delete();
+}
+
+void acceptor::maybe_delete() noexcept {
+  if (closed_ && state_ == state::idle && !dispatching_)
+    delete this;
+}
+
+} // namespace couring::detail
