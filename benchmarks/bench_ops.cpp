@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstring>
+#include <future>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -270,6 +271,116 @@ void couring_ping_pong(benchmark::State& state) {
 
 BENCHMARK(blocking_ping_pong)->Arg(64)->Arg(4096)->UseRealTime();
 BENCHMARK(couring_ping_pong)->Arg(64)->Arg(4096)->UseRealTime();
+
+// --- 3. Datagram ping-pong ---------------------------------------------------------
+// One UDP datagram to an echo and back, 64 B and 1 KiB: a blocking
+// recvfrom/sendto echo thread and client against couring's udp_socket on
+// both sides (the echo on its own thread and context). Pinned as above.
+// Datagrams per second are the items per second (two per round trip).
+
+couring::endpoint loopback_of(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return couring::endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len).value();
+}
+
+int bound_udp_socket() {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  const auto any = couring::endpoint::ipv4_loopback(0);
+  if (fd < 0 || ::bind(fd, any.data(), any.size()) != 0)
+    throw std::runtime_error("udp bind");
+  return fd;
+}
+
+void blocking_udp_ping_pong(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const int server = bound_udp_socket(), client = bound_udp_socket();
+  const auto server_ep = loopback_of(server);
+  pinned client_pin(client_cpu);
+  std::thread echo([server] {
+    pinned server_pin(server_cpu);
+    std::byte buf[2048];
+    for (;;) {
+      sockaddr_storage from{};
+      socklen_t len = sizeof from;
+      const ssize_t n = ::recvfrom(server, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n <= 0) // an empty datagram ends it
+        return;
+      ::sendto(server, buf, static_cast<std::size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), len);
+    }
+  });
+  std::vector<std::byte> out(size, std::byte{7}), in(size);
+  for (auto _ : state) {
+    for (int i = 0; i < round_trips_per_iteration; ++i) {
+      if (::sendto(client, out.data(), size, 0, server_ep.data(), server_ep.size()) !=
+              static_cast<ssize_t>(size) ||
+          ::recv(client, in.data(), size, 0) != static_cast<ssize_t>(size)) {
+        state.SkipWithError("blocking datagram ping-pong failed");
+        break;
+      }
+    }
+  }
+  ::sendto(client, out.data(), 0, 0, server_ep.data(), server_ep.size());
+  echo.join();
+  ::close(server);
+  ::close(client);
+  state.SetItemsProcessed(state.iterations() * round_trips_per_iteration * 2);
+}
+
+couring::task<void> couring_udp_echo(couring::udp_socket& s) {
+  std::byte buf[2048];
+  for (;;) {
+    auto d = co_await s.receive_from(buf);
+    if (!d || d->size == 0)
+      co_return;
+    (void)co_await s.send_to(std::span(buf, d->size), d->sender);
+  }
+}
+
+couring::task<bool> couring_udp_client(couring::udp_socket& s, const couring::endpoint& to,
+                                       std::span<const std::byte> out, std::span<std::byte> in) {
+  for (int i = 0; i < round_trips_per_iteration; ++i) {
+    auto w = co_await s.send_to(out, to);
+    auto r = co_await s.receive_from(in);
+    if (!w || !r || r->size != in.size())
+      co_return false;
+  }
+  co_return true;
+}
+
+void couring_udp_ping_pong(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  pinned client_pin(client_cpu);
+  std::promise<couring::endpoint> bound;
+  auto server_ep_future = bound.get_future();
+  std::thread server_thread([&bound] {
+    pinned server_pin(server_cpu);
+    couring::io_context sctx;
+    auto server = couring::udp_socket::bind(sctx, couring::endpoint::ipv4_loopback(0)).value();
+    bound.set_value(server.local_endpoint().value());
+    sctx.run(couring_udp_echo(server));
+  });
+  const couring::endpoint server_ep = server_ep_future.get();
+  couring::io_context ctx;
+  auto client = couring::udp_socket::bind(ctx, couring::endpoint::ipv4_loopback(0)).value();
+  std::vector<std::byte> out(size, std::byte{7}), in(size);
+  for (auto _ : state) {
+    if (!ctx.run(couring_udp_client(client, server_ep, out, in))) {
+      state.SkipWithError("couring datagram ping-pong failed");
+      break;
+    }
+  }
+  auto end = [&]() -> couring::task<void> { // an empty datagram ends the echo
+    (void)co_await client.send_to(std::span<const std::byte>(), server_ep);
+  };
+  ctx.run(end());
+  server_thread.join();
+  state.SetItemsProcessed(state.iterations() * round_trips_per_iteration * 2);
+}
+
+BENCHMARK(blocking_udp_ping_pong)->Arg(64)->Arg(1024)->UseRealTime();
+BENCHMARK(couring_udp_ping_pong)->Arg(64)->Arg(1024)->UseRealTime();
 
 } // namespace
 

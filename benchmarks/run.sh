@@ -290,6 +290,8 @@ print(f"  NOP, 1 in flight:   couring/raw      {ratio('couring_nop/1/real_time',
 print(f"  NOP, 32 in flight:  couring/raw      {ratio('couring_nop/32/real_time', 'raw_nop/32/real_time')}  (target <= 1.10)")
 print(f"  ping-pong 64 B:     couring/blocking {ratio('couring_ping_pong/64/real_time', 'blocking_ping_pong/64/real_time')}")
 print(f"  ping-pong 4 KiB:    couring/blocking {ratio('couring_ping_pong/4096/real_time', 'blocking_ping_pong/4096/real_time')}")
+print(f"  datagrams 64 B:     couring/blocking {ratio('couring_udp_ping_pong/64/real_time', 'blocking_udp_ping_pong/64/real_time')}")
+print(f"  datagrams 1 KiB:    couring/blocking {ratio('couring_udp_ping_pong/1024/real_time', 'blocking_udp_ping_pong/1024/real_time')}")
 PY
   fi
 else
