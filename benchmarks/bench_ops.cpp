@@ -304,10 +304,12 @@ void blocking_udp_ping_pong(benchmark::State& state) {
     for (;;) {
       sockaddr_storage from{};
       socklen_t len = sizeof from;
-      const ssize_t n = ::recvfrom(server, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+      const ssize_t n =
+          ::recvfrom(server, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
       if (n <= 0) // an empty datagram ends it
         return;
-      ::sendto(server, buf, static_cast<std::size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), len);
+      ::sendto(server, buf, static_cast<std::size_t>(n), 0, reinterpret_cast<sockaddr*>(&from),
+               len);
     }
   });
   std::vector<std::byte> out(size, std::byte{7}), in(size);

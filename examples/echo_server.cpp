@@ -16,8 +16,8 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/resource.h>

@@ -88,7 +88,9 @@ io_context::io_context(io_context_options options)
     throw std::system_error(errno, std::system_category(), "couring: eventfd");
   wake_op_.owner_ring = &ring_;
   wake_op_.on_complete = &io_context::on_wakeup;
-  wake_op_.on_abandon = [](detail::operation* op) noexcept { op->owner_ring->count_internal(-1); };
+  wake_op_.on_abandon = [](detail::operation* op) noexcept {
+    op->owner_ring->count_internal(-1);
+  };
   arm_wakeup();
 }
 

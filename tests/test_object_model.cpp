@@ -88,11 +88,11 @@ void shrink_send_buffer(int fd) {
 // What the race tests count. Any `wrong_*` or `bad_*` is a failure.
 struct race_tally {
   int connections = 0;
-  int completed = 0;      // the operation finished whole before the close
-  int cancelled = 0;      // it ended with operation_canceled
-  int bad_results = 0;    // anything else (EBADF, ...)
-  int wrong_bytes = 0;    // bytes that belong to another connection
-  int peer_timeouts = 0;  // the peer waited in vain (a hang)
+  int completed = 0;     // the operation finished whole before the close
+  int cancelled = 0;     // it ended with operation_canceled
+  int bad_results = 0;   // anything else (EBADF, ...)
+  int wrong_bytes = 0;   // bytes that belong to another connection
+  int peer_timeouts = 0; // the peer waited in vain (a hang)
   std::error_code first_bad;
 };
 
@@ -199,7 +199,7 @@ TEST_CASE("a stream closed while write_all is in flight never sends to another c
   CHECK(tally.bad_results == 0);
   CHECK(tally.wrong_bytes == 0);
   CHECK(tally.peer_timeouts == 0);
-  CHECK(tally.cancelled > 0); // the race was really run
+  CHECK(tally.cancelled > 0);               // the race was really run
   CHECK(open_fd_count() == fds_before - 1); // only the listener is gone
 }
 
@@ -374,8 +374,7 @@ TEST_CASE("closing a listener with an accept in flight refuses connections at on
     // Bind the same port again right away (SO_REUSEADDR is the default).
     auto again = tcp_listener::bind(ctx, ep);
     (void)co_await couring::nop(ctx);
-    co_return std::pair{c ? std::error_code{} : c.error(),
-                        again ? accept_error : again.error()};
+    co_return std::pair{c ? std::error_code{} : c.error(), again ? accept_error : again.error()};
   };
   auto [connect_error, accept_error] = ctx.run(body());
   CHECK(is(connect_error, std::errc::connection_refused));
@@ -449,7 +448,8 @@ TEST_CASE("reads on one stream are served in the order they were started") {
     (void)co_await couring::nop(ctx);
     const auto data = pattern(5, 300);
     for (std::size_t at = 0; at < data.size(); at += 7) // dribbled
-      require_ok(co_await client.write_all(std::span(data).subspan(at, std::min<std::size_t>(7, data.size() - at))));
+      require_ok(co_await client.write_all(
+          std::span(data).subspan(at, std::min<std::size_t>(7, data.size() - at))));
     while (done < 3)
       (void)co_await couring::nop(ctx);
     co_return std::equal(first.begin(), first.end(), data.begin()) &&
@@ -610,7 +610,9 @@ TEST_CASE("a fork() child drops the inherited context at once; the parent keeps 
     (void)co_await s.read(b);
   }(idle.server));
   // Put the requests in the kernel, then fork between two runs.
-  ctx.run([](io_context& c) -> task<void> { (void)co_await couring::nop(c); }(ctx));
+  ctx.run([](io_context& c) -> task<void> {
+    (void)co_await couring::nop(c);
+  }(ctx));
 
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
@@ -620,9 +622,9 @@ TEST_CASE("a fork() child drops the inherited context at once; the parent keeps 
     idle = {};
     listener.close();
     holder.reset();
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::steady_clock::now() - t0)
-                        .count();
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
     ::_exit(ms < 1000 ? 0 : 1);
   }
   // The parent serves an echo load with timers running meanwhile.

@@ -9,8 +9,8 @@
 
 #include <chrono>
 #include <csignal>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <stop_token>
@@ -108,7 +108,8 @@ couring::task<guard> send_sigterm_soon(couring::io_context& ctx) {
 // Only /etc/hosts answers: nothing listens on 127.0.0.1:9, and the tests
 // never ask the machine's own name servers.
 couring::task<guard> hosts_only_resolver(couring::io_context& ctx) {
-  REQUIRE(couring::configure_resolver(ctx, {.servers = "127.0.0.1:9", .timeout = 100ms, .tries = 1}));
+  REQUIRE(
+      couring::configure_resolver(ctx, {.servers = "127.0.0.1:9", .timeout = 100ms, .tries = 1}));
   co_return guard{};
 }
 } // namespace readme_setup
@@ -148,8 +149,8 @@ couring::task<void> files_and_pipes(const N& n, const W& whole, std::byte (&bloc
   CHECK(test_support::text(through) == "through a pipe");
   // The peer reset the connection: send_file reports it, as the README says.
   REQUIRE_FALSE(sent.has_value());
-  const bool reset = sent.error() == std::errc::broken_pipe ||
-                     sent.error() == std::errc::connection_reset;
+  const bool reset =
+      sent.error() == std::errc::broken_pipe || sent.error() == std::errc::connection_reset;
   CHECK(reset);
 }
 
