@@ -275,6 +275,11 @@ couring::task<void> linger_close(couring::tcp_stream& stream, char* scratch, std
 couring::task<void> serve_connection(server& srv, couring::tcp_stream stream) {
   connection_list::node registered(srv.live, stream);
   (void)stream.set_no_delay(true);
+  // Non-blocking: send_file's splices then never sleep in a kernel worker
+  // (send_file.hpp); io_uring's own sends and receives wait with a poll
+  // either way.
+  if (const int fl = ::fcntl(stream.native_handle(), F_GETFL); fl >= 0)
+    (void)::fcntl(stream.native_handle(), F_SETFL, fl | O_NONBLOCK);
   const options& opt = srv.opt;
   // One allocation per connection, none per request: the request buffer,
   // the response head with room for a small body behind it, and the path.
