@@ -104,24 +104,24 @@ TEST_CASE("other methods parse, for a 405") {
 }
 
 TEST_CASE("bad syntax is a 400") {
-  CHECK(failure_status("GET /\r\n\r\n") == 400);                              // no version
-  CHECK(failure_status("GET  / HTTP/1.1\r\nHost: h\r\n\r\n") == 400);         // two spaces
-  CHECK(failure_status("GET / HTTP/1.1 \r\nHost: h\r\n\r\n") == 400);         // trailing space
-  CHECK(failure_status("GET / HTTX/1.1\r\nHost: h\r\n\r\n") == 400);          // protocol
-  CHECK(failure_status("GE(T / HTTP/1.1\r\nHost: h\r\n\r\n") == 400);         // method token
-  CHECK(failure_status("GET / HTTP/1.1\r\nHost h\r\n\r\n") == 400);           // no colon
-  CHECK(failure_status("GET / HTTP/1.1\r\nHost : h\r\n\r\n") == 400);         // space before colon
+  CHECK(failure_status("GET /\r\n\r\n") == 400);                      // no version
+  CHECK(failure_status("GET  / HTTP/1.1\r\nHost: h\r\n\r\n") == 400); // two spaces
+  CHECK(failure_status("GET / HTTP/1.1 \r\nHost: h\r\n\r\n") == 400); // trailing space
+  CHECK(failure_status("GET / HTTX/1.1\r\nHost: h\r\n\r\n") == 400);  // protocol
+  CHECK(failure_status("GE(T / HTTP/1.1\r\nHost: h\r\n\r\n") == 400); // method token
+  CHECK(failure_status("GET / HTTP/1.1\r\nHost h\r\n\r\n") == 400);   // no colon
+  CHECK(failure_status("GET / HTTP/1.1\r\nHost : h\r\n\r\n") == 400); // space before colon
   CHECK(failure_status("GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n") == 400); // obs-fold
   CHECK(failure_status("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n") == 400); // bare CR
   CHECK(failure_status(raw("GET / HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n")) == 400);
   CHECK(failure_status(raw("GET /a\0b HTTP/1.1\r\nHost: h\r\n\r\n")) == 400);
-  CHECK(failure_status("GET / HTTP/1.1\r\n\r\n") == 400);                      // no Host
+  CHECK(failure_status("GET / HTTP/1.1\r\n\r\n") == 400);                       // no Host
   CHECK(failure_status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400); // two Hosts
   CHECK(failure_status("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n") == 400);
-  CHECK(failure_status("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n") ==
-        400);
-  CHECK(failure_status("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n") ==
-        400);
+  CHECK(failure_status(
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n") == 400);
+  CHECK(failure_status(
+            "GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n") == 400);
   CHECK(failure_status("\r\x01") == 400);
   CHECK(failure_status(raw("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")) == 400); // TLS
 }
