@@ -50,7 +50,7 @@ start() { # OUT-VAR ARGS... : starts a server on a free port, sets OUT-VAR to it
   "$server" --root "$root" --listen 127.0.0.1:0 "$@" >"$log.out" 2>"$log.err" &
   pids+=($!)
   for _ in $(seq 1 100); do
-    grep -q '^listening on' "$log.out" && break
+    grep -qs '^listening on' "$log.out" && break
     sleep 0.05
   done
   local p
