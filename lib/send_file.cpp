@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 namespace couring {
@@ -101,6 +102,19 @@ void send_file_awaitable::prepare(io_uring_sqe* sqe) noexcept {
 
 void send_file_awaitable::issue_next() {
   detail::ring& r = *this->owner_ring;
+  if (wait_writable_) {
+    // A non-blocking socket was full: wait for room with a poll (armed in
+    // the kernel, no worker thread) before the next drain, which then runs
+    // in an io-wq worker without ever sleeping there.
+    wait_writable_ = false;
+    polling_ = true;
+    paired_ = false;
+    parts_ = 1;
+    io_uring_sqe* sqe = r.get_sqe();
+    io_uring_prep_poll_add(sqe, this->object->fd, POLLOUT);
+    r.arm(sqe, this);
+    return;
+  }
   if (in_pipe_ > 0) {
     // The socket took less than the pipe held: drain the rest alone.
     paired_ = false;
@@ -160,6 +174,23 @@ void send_file_awaitable::part_done() noexcept {
 }
 
 void send_file_awaitable::advance() noexcept {
+  if (polling_) {
+    polling_ = false;
+    if (main_res_ < 0) {
+      end(stopped() ? -ECANCELED : main_res_);
+      return;
+    }
+    if (stopped()) {
+      end(-ECANCELED);
+      return;
+    }
+    try {
+      issue_next(); // the drain
+    } catch (const std::system_error& e) {
+      end(-e.code().value());
+    }
+    return;
+  }
   if (paired_) {
     const int f = fill_res_;
     if (f < 0) {
@@ -181,6 +212,9 @@ void send_file_awaitable::advance() noexcept {
   if (m > 0) {
     sent_ += static_cast<std::size_t>(m);
     in_pipe_ -= static_cast<std::size_t>(m);
+    // Short: a non-blocking socket is full (a blocking one only stops
+    // short when interrupted; the poll then returns at once).
+    wait_writable_ = in_pipe_ > 0;
   } else if (stopped()) {
     end(-ECANCELED);
     return;
@@ -192,6 +226,8 @@ void send_file_awaitable::advance() noexcept {
   } else if (m == -ECANCELED && paired_ && fill_res_ >= 0 &&
              static_cast<std::size_t>(fill_res_) < chunk_) {
     // The short fill broke the link; the next round drains.
+  } else if (m == -EAGAIN) {
+    wait_writable_ = true; // a non-blocking socket with no room at all
   } else if (m < 0) {
     end(m);
     return;

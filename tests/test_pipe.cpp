@@ -358,3 +358,62 @@ TEST_CASE("send_file: closed, cancelled, never opened, empty range, beyond the e
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
 }
+
+TEST_CASE("send_file on a non-blocking socket: short splices wait for room with a poll; "
+          "timeout and close while waiting") {
+  temp_dir dir;
+  const std::size_t pieces = 16;
+  const std::uint64_t expected = make_file(dir / "f", pieces);
+  const std::size_t total = pieces * piece;
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  const auto nonblocking_small_buffer = [](tcp_stream& s) {
+    const int fd = s.native_handle();
+    REQUIRE(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) == 0);
+    int size = 16384; // the socket fills after a few pages: many short splices
+    REQUIRE(::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size) == 0);
+  };
+  auto body = [&]() -> task<void> {
+    auto f = co_await file::open(ctx, dir / "f");
+    require_ok(f);
+
+    // A slow reader: every byte arrives, in order.
+    auto pair = co_await connect_pair(ctx, listener);
+    nonblocking_small_buffer(pair.server);
+    auto sender = [&]() -> task<void> {
+      auto sent = co_await send_file(pair.server, *f, 0, total);
+      require_ok(sent);
+      CHECK(*sent == total);
+      pair.server.close();
+    };
+    auto [ignored, received] = co_await when_all(sender(), receive(pair.client));
+    CHECK(received.first == total);
+    CHECK(received.second == expected);
+
+    // A reader that never reads: the send waits in its poll until the timeout.
+    auto stuck = co_await connect_pair(ctx, listener);
+    nonblocking_small_buffer(stuck.server);
+    auto op = send_file(stuck.server, *f, 0, total);
+    auto timed = co_await with_timeout(std::move(op), 300ms);
+    REQUIRE(!timed);
+    CHECK(timed.error() == std::errc::timed_out);
+
+    // The same, ended by a close of the socket.
+    auto closing = co_await connect_pair(ctx, listener);
+    nonblocking_small_buffer(closing.server);
+    auto waiting = [&]() -> task<result<std::size_t>> {
+      co_return co_await send_file(closing.server, *f, 0, total);
+    };
+    auto closer = [&]() -> task<void> {
+      (void)co_await sleep_for(ctx, 200ms);
+      closing.server.close();
+    };
+    auto both = co_await with_timeout(when_all(waiting(), closer()), 10s);
+    require_ok(both);
+    auto& [r, ignored2] = *both;
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::operation_canceled);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
