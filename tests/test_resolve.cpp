@@ -24,98 +24,6 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-// --- a datagram socket on the io_context ---------------------------------------
-// recvmsg/sendmsg as io_uring requests on an object record, like every other
-// I/O object. Test-only: it should become couring's udp_socket once that
-// lands (it is being built on another branch).
-class test_udp {
-public:
-  explicit test_udp(io_context& ctx) {
-    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    const endpoint local = endpoint::ipv4_loopback(0);
-    REQUIRE(::bind(fd, local.data(), local.size()) == 0);
-    handle_ = detail::object_handle(ctx.ring(), fd);
-  }
-  std::uint16_t port() const {
-    sockaddr_in a{};
-    socklen_t len = sizeof a;
-    getsockname(handle_.fd(), reinterpret_cast<sockaddr*>(&a), &len);
-    return ntohs(a.sin_port);
-  }
-  void close() { handle_.close(); }
-
-  struct datagram {
-    std::size_t size;
-    sockaddr_storage from;
-    socklen_t from_len;
-  };
-
-  class recv_op : public detail::io_awaitable<recv_op> {
-  public:
-    recv_op(detail::object_handle& h, std::span<std::byte> buf)
-        : io_awaitable(h.ring_ptr(), h.state(), h.state() ? &h.state()->read_side : nullptr),
-          buf_(buf) {}
-    void prepare(io_uring_sqe* sqe) noexcept {
-      iov_ = {buf_.data(), buf_.size()};
-      msg_ = {};
-      msg_.msg_name = &from_;
-      msg_.msg_namelen = sizeof from_;
-      msg_.msg_iov = &iov_;
-      msg_.msg_iovlen = 1;
-      io_uring_prep_recvmsg(sqe, this->object->fd, &msg_, 0);
-    }
-    result<datagram> make_result(int res) noexcept {
-      if (res < 0)
-        return errno_code(res);
-      return datagram{static_cast<std::size_t>(res), from_, msg_.msg_namelen};
-    }
-
-  private:
-    std::span<std::byte> buf_;
-    iovec iov_{};
-    msghdr msg_{};
-    sockaddr_storage from_{};
-  };
-
-  class send_op : public detail::io_awaitable<send_op> {
-  public:
-    send_op(detail::object_handle& h, std::span<const std::byte> buf, const sockaddr_storage& to,
-            socklen_t to_len)
-        : io_awaitable(h.ring_ptr(), h.state(), h.state() ? &h.state()->write_side : nullptr),
-          buf_(buf), to_(to), to_len_(to_len) {}
-    void prepare(io_uring_sqe* sqe) noexcept {
-      iov_ = {const_cast<std::byte*>(buf_.data()), buf_.size()};
-      msg_ = {};
-      msg_.msg_name = &to_;
-      msg_.msg_namelen = to_len_;
-      msg_.msg_iov = &iov_;
-      msg_.msg_iovlen = 1;
-      io_uring_prep_sendmsg(sqe, this->object->fd, &msg_, 0);
-    }
-    static result<std::size_t> make_result(int res) noexcept {
-      if (res < 0)
-        return errno_code(res);
-      return static_cast<std::size_t>(res);
-    }
-
-  private:
-    std::span<const std::byte> buf_;
-    sockaddr_storage to_;
-    socklen_t to_len_;
-    iovec iov_{};
-    msghdr msg_{};
-  };
-
-  recv_op recv(std::span<std::byte> buf) { return {handle_, buf}; }
-  send_op send(std::span<const std::byte> buf, const sockaddr_storage& to, socklen_t len) {
-    return {handle_, buf, to, len};
-  }
-
-private:
-  detail::object_handle handle_;
-};
-
 // --- DNS messages ----------------------------------------------------------------
 
 using bytes = std::vector<std::uint8_t>;
@@ -293,14 +201,13 @@ private:
 // spawned on the test's io_context.
 class dns_server {
 public:
-  explicit dns_server(io_context& ctx) : ctx_(ctx), udp_(ctx) {
-    port_ = udp_.port();
+  explicit dns_server(io_context& ctx) : ctx_(ctx) {
+    bind_udp();
     auto l = tcp_listener::bind(ctx, endpoint::ipv4_loopback(port_));
     for (int i = 0; !l && i < 20; ++i) {
       // That TCP port is taken: another UDP port, then.
       udp_.close();
-      udp_ = test_udp(ctx);
-      port_ = udp_.port();
+      bind_udp();
       l = tcp_listener::bind(ctx, endpoint::ipv4_loopback(port_));
     }
     REQUIRE(l.has_value());
@@ -329,26 +236,33 @@ public:
   }
 
 private:
-  task<void> send_later(bytes data, std::chrono::milliseconds delay, sockaddr_storage to,
-                        socklen_t len) {
+  // couring's own udp_socket serves the queries.
+  void bind_udp() {
+    auto u = udp_socket::bind(ctx_, endpoint::ipv4_loopback(0));
+    REQUIRE(u.has_value());
+    udp_ = std::move(*u);
+    port_ = udp_.local_endpoint().value().port();
+  }
+
+  task<void> send_later(bytes data, std::chrono::milliseconds delay, endpoint to) {
     if (delay.count() > 0)
       (void)co_await sleep_for(ctx_, delay);
-    (void)co_await udp_.send(std::as_bytes(std::span(data)), to, len);
+    (void)co_await udp_.send_to(std::as_bytes(std::span(data)), to);
   }
 
   task<void> serve_udp() {
     std::vector<std::byte> buf(2048);
     for (;;) {
-      auto d = co_await udp_.recv(buf);
+      auto d = co_await udp_.receive_from(buf);
       if (!d)
         co_return; // closed
       auto replies =
           zone_.answer(reinterpret_cast<const std::uint8_t*>(buf.data()), d->size, false);
       for (reply& r : replies) {
         if (r.delay.count() > 0) {
-          ctx_.spawn(send_later(std::move(r.data), r.delay, d->from, d->from_len));
+          ctx_.spawn(send_later(std::move(r.data), r.delay, d->sender));
         } else {
-          (void)co_await udp_.send(std::as_bytes(std::span(r.data)), d->from, d->from_len);
+          (void)co_await udp_.send_to(std::as_bytes(std::span(r.data)), d->sender);
         }
       }
     }
@@ -388,7 +302,7 @@ private:
   }
 
   io_context& ctx_;
-  test_udp udp_;
+  udp_socket udp_;
   tcp_listener tcp_;
   std::uint16_t port_ = 0;
   zone zone_;
