@@ -23,7 +23,6 @@ send_file_awaitable::send_file_awaitable(stream& out, const file& in, std::uint6
       file_generation_(file_state_ != nullptr ? file_state_->generation : 0),
       file_opened_(in.handle().ring_ptr() != nullptr), offset_(offset), count_(count),
       remaining_(count) {
-  this->issue_fn = &send_file_awaitable::issue;
   this->on_complete = &main_done;
   this->res = 0;
   if (count == 0)
@@ -45,7 +44,6 @@ send_file_awaitable::send_file_awaitable(send_file_awaitable&& o) noexcept
     : base(std::move(o)), file_state_(o.file_state_), file_generation_(o.file_generation_),
       file_opened_(o.file_opened_), pipe_error_(o.pipe_error_), pipe_size_(o.pipe_size_),
       offset_(o.offset_), count_(o.count_), remaining_(o.remaining_) {
-  this->issue_fn = &send_file_awaitable::issue; // base's move set its own
   this->res = 0;
   pipe_[0] = std::exchange(o.pipe_[0], -1);
   pipe_[1] = std::exchange(o.pipe_[1], -1);

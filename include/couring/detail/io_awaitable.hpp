@@ -125,7 +125,9 @@ protected:
 private:
   void init(ring* r) noexcept {
     this->owner_ring = r;
-    this->issue_fn = &io_awaitable::issue;
+    // Derived's own issue if it has one: the same function start() calls, so
+    // an operation issued later from its side's queue starts the same way.
+    this->issue_fn = &Derived::issue;
   }
 };
 
