@@ -478,6 +478,9 @@ epoll_emulator::outcome epoll_emulator::perform(request& r) noexcept {
   case IORING_OP_READ_FIXED:
     n = s.off == static_cast<__u64>(-1) ? ::read(s.fd, buf, s.len)
                                         : ::pread(s.fd, buf, s.len, static_cast<off_t>(s.off));
+    // The kernel ignores the offset of a stream (FIFO, eventfd, signalfd).
+    if (n < 0 && errno == ESPIPE)
+      n = ::read(s.fd, buf, s.len);
     if (n < 0 && errno == EAGAIN)
       return outcome::wait_in;
     break;
@@ -485,6 +488,8 @@ epoll_emulator::outcome epoll_emulator::perform(request& r) noexcept {
   case IORING_OP_WRITE_FIXED:
     n = s.off == static_cast<__u64>(-1) ? ::write(s.fd, buf, s.len)
                                         : ::pwrite(s.fd, buf, s.len, static_cast<off_t>(s.off));
+    if (n < 0 && errno == ESPIPE)
+      n = ::write(s.fd, buf, s.len);
     if (n < 0 && errno == EAGAIN)
       return outcome::wait_out;
     break;
