@@ -23,6 +23,10 @@ namespace {
 
 constexpr std::size_t no_index = std::numeric_limits<std::size_t>::max();
 constexpr std::uint32_t input_events = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
+// How many CQEs a multishot request posts in a row before others get a turn
+// (and the CQEs get reaped: a listener pauses its multishot accept when it
+// has accepted far ahead, as the kernel lets it).
+constexpr int multishot_batch = 32;
 constexpr std::uint32_t output_events = EPOLLOUT | EPOLLHUP | EPOLLERR;
 
 // A syscall's return value as a CQE's res.
@@ -91,6 +95,7 @@ struct epoll_emulator::request {
   bool connecting = false;   // CONNECT: in progress, ask SO_ERROR next
   bool pooled = false;       // from the pool (not a temporary at submission)
   bool in_waiting = false;   // in waiting_head_'s list
+  bool in_again = false;     // in again_head_'s list (through again_next)
   int dir = -1;              // fd list it is on, -1 none
   std::size_t heap_index = no_index;
   request* next = nullptr; // fd list, or free list
@@ -98,6 +103,7 @@ struct epoll_emulator::request {
   request* all_next = nullptr; // every parked request
   request* all_prev = nullptr;
   request* chain = nullptr; // IO_LINK successors, started when this one succeeds
+  request* again_next = nullptr;
   // liburing's SQE ends in a zero-size array (for 128-byte SQEs, never used
   // here), which -Wpedantic flags in any struct; a copy is still exact.
 #pragma GCC diagnostic push
@@ -274,6 +280,10 @@ void epoll_emulator::heap_remove(request* r) noexcept {
 
 // --- CQEs -------------------------------------------------------------------------
 
+bool epoll_emulator::cq_has_room() const noexcept {
+  return overflow_.empty() && cq_tail_ - cq_head_ <= cq_mask_;
+}
+
 bool epoll_emulator::cq_has_entries() const noexcept {
   return cq_tail_ != cq_head_ || !overflow_.empty();
 }
@@ -364,12 +374,17 @@ void epoll_emulator::start(request& r) noexcept {
   if (o == outcome::wait_timer) {
     heap_push(p);
   } else {
-    if (!link_fd(p, o == outcome::wait_in ? 0 : 1)) {
+    if (!link_fd(p, o == outcome::wait_out ? 1 : 0)) {
       complete(p, p->res, 0);
       return;
     }
     if (p->has_lt)
       heap_push(p);
+  }
+  if (o == outcome::again) {
+    p->in_again = true;
+    p->again_next = again_head_;
+    again_head_ = p;
   }
   p->in_waiting = true;
   p->all_prev = nullptr;
@@ -380,7 +395,20 @@ void epoll_emulator::start(request& r) noexcept {
   ++waiting_;
 }
 
+void epoll_emulator::drop_again(request* r) noexcept {
+  for (request** p = &again_head_; *p != nullptr; p = &(*p)->again_next) {
+    if (*p == r) {
+      *p = r->again_next;
+      break;
+    }
+  }
+  r->in_again = false;
+  r->again_next = nullptr;
+}
+
 void epoll_emulator::complete(request* r, int res, std::uint32_t flags) noexcept {
+  if (r->in_again)
+    drop_again(r);
   if (r->dir >= 0)
     unlink_fd(r);
   if (r->heap_index != no_index)
@@ -643,7 +671,9 @@ epoll_emulator::outcome epoll_emulator::perform_recv(request& r) noexcept {
   // A buffer from the provided ring, taken only when data is there (a
   // receive that waits holds no buffer, as in the kernel).
   const bool multishot = (s.ioprio & IORING_RECV_MULTISHOT) != 0;
-  for (;;) {
+  for (int batch = 0;; ++batch) {
+    if (batch == multishot_batch)
+      return outcome::again;
     buffer_ring* b = find_buffer_ring(s.buf_group);
     if (b == nullptr) {
       r.res = -ENOBUFS;
@@ -668,7 +698,7 @@ epoll_emulator::outcome epoll_emulator::perform_recv(request& r) noexcept {
     ++b->head;
     const std::uint32_t bflags =
         IORING_CQE_F_BUFFER | (static_cast<std::uint32_t>(buf.bid) << IORING_CQE_BUFFER_SHIFT);
-    if (!multishot) {
+    if (!multishot || !cq_has_room()) {
       r.res = static_cast<int>(n);
       r.cflags = bflags;
       return outcome::done;
@@ -680,14 +710,19 @@ epoll_emulator::outcome epoll_emulator::perform_recv(request& r) noexcept {
 epoll_emulator::outcome epoll_emulator::perform_accept(request& r) noexcept {
   const io_uring_sqe& s = r.sqe;
   const bool multishot = (s.ioprio & IORING_ACCEPT_MULTISHOT) != 0;
-  for (;;) {
+  for (int batch = 0;; ++batch) {
+    if (batch == multishot_batch)
+      return outcome::again; // the rest next turn: the CQEs get reaped first
     // Accepted sockets are non-blocking on this backend (documented).
     const int fd = ::accept4(s.fd, reinterpret_cast<sockaddr*>(s.addr),
                              reinterpret_cast<socklen_t*>(s.addr2),
                              static_cast<int>(s.accept_flags) | SOCK_NONBLOCK);
     if (fd < 0 && errno == EAGAIN)
       return outcome::wait_in;
-    if (fd < 0 || !multishot) {
+    // A multishot request ends, with this result, when the CQ has no room
+    // for it (the kernel does not overflow multishot CQEs either): the
+    // owner re-arms once it has caught up.
+    if (fd < 0 || !multishot || !cq_has_room()) {
       r.res = sys_res(fd);
       return outcome::done;
     }
@@ -753,8 +788,14 @@ void epoll_emulator::retry(int fd, int dir) noexcept {
   for (request* r = e.head[dir]; r != nullptr;) {
     request* next = r->next;
     const bool was_last = r == last;
-    if (perform(*r) == outcome::done)
+    const outcome o = perform(*r);
+    if (o == outcome::done) {
       complete(r, r->res, r->cflags);
+    } else if (o == outcome::again && !r->in_again) {
+      r->in_again = true;
+      r->again_next = again_head_;
+      again_head_ = r;
+    }
     if (was_last)
       break;
     r = next;
@@ -768,6 +809,23 @@ void epoll_emulator::retry(int fd, int dir) noexcept {
         complete(r, r->res, r->cflags);
       r = next;
     }
+  }
+}
+
+void epoll_emulator::run_again() noexcept {
+  request* r = std::exchange(again_head_, nullptr);
+  while (r != nullptr) {
+    request* next = std::exchange(r->again_next, nullptr);
+    r->in_again = false;
+    const outcome o = perform(*r);
+    if (o == outcome::done) {
+      complete(r, r->res, r->cflags);
+    } else if (o == outcome::again) {
+      r->in_again = true;
+      r->again_next = again_head_;
+      again_head_ = r;
+    }
+    r = next;
   }
 }
 
@@ -817,15 +875,17 @@ void epoll_emulator::wait_events(std::int64_t max_ns) noexcept {
 
 void epoll_emulator::enter(bool wait) noexcept {
   submit();
+  run_again();
   flush_overflow();
-  wait_events(!wait || cq_has_entries() ? 0 : -1);
+  wait_events(!wait || cq_has_entries() || again_head_ != nullptr ? 0 : -1);
   flush_overflow();
 }
 
 void epoll_emulator::enter_for(std::int64_t max_wait_ns) noexcept {
   submit();
+  run_again();
   flush_overflow();
-  wait_events(cq_has_entries() ? 0 : max_wait_ns);
+  wait_events(cq_has_entries() || again_head_ != nullptr ? 0 : max_wait_ns);
   flush_overflow();
 }
 

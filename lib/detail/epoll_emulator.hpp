@@ -71,7 +71,9 @@ private:
     request* tail[2] = {nullptr, nullptr};
     bool registered = false;
   };
-  enum class outcome { done, wait_in, wait_out, wait_timer };
+  // again: a multishot request that stopped while its descriptor was still
+  // ready (a batch per turn, for fairness); it is tried again next enter.
+  enum class outcome { done, wait_in, wait_out, wait_timer, again };
   struct buffer_ring {
     unsigned bgid = 0;
     io_uring_buf_ring* br = nullptr;
@@ -92,10 +94,13 @@ private:
   void cancel_chain(request* first) noexcept;
   void retry(int fd, int dir) noexcept;
   void run_timers() noexcept;
+  void run_again() noexcept;
+  void drop_again(request* r) noexcept;
   void wait_events(std::int64_t max_ns) noexcept;
   void post(std::uint64_t ud, int res, std::uint32_t flags) noexcept;
   void flush_overflow() noexcept;
   bool cq_has_entries() const noexcept;
+  bool cq_has_room() const noexcept;
 
   request* alloc() noexcept;
   void release(request* r) noexcept;
@@ -121,6 +126,7 @@ private:
   std::vector<fd_entry> fds_;          // indexed by descriptor
   std::vector<request*> heap_;         // timers, nearest deadline first
   request* waiting_head_ = nullptr;    // every parked request (cancel by user_data)
+  request* again_head_ = nullptr;      // multishot requests to try again next enter
   std::size_t waiting_ = 0;
   std::vector<std::unique_ptr<request[]>> chunks_;
   request* free_ = nullptr;
