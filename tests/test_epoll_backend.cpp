@@ -146,7 +146,9 @@ TEST_CASE("epoll: close while a read and a write wait, and the number is reused 
       // Fill the send buffer so that a write waits for EPOLLOUT.
       std::vector<std::byte> big(1 << 20);
       std::byte buf[8];
-      auto reader = [&]() -> task<couring::result<std::size_t>> { co_return co_await s.read(buf); };
+      auto reader = [&]() -> task<couring::result<std::size_t>> {
+        co_return co_await s.read(buf);
+      };
       auto writer = [&]() -> task<couring::result<void>> {
         co_return co_await s.write_all(big);
       };
@@ -303,7 +305,9 @@ TEST_CASE("epoll: stop() from another thread wakes the loop (the eventfd read)")
   io_context ctx(epoll_options());
   pair p(ctx);
   std::byte buf[4];
-  auto forever = [&]() -> task<void> { (void)co_await p.mine.read(buf); };
+  auto forever = [&]() -> task<void> {
+    (void)co_await p.mine.read(buf);
+  };
   ctx.spawn(forever());
   std::thread t([&] {
     std::this_thread::sleep_for(30ms);

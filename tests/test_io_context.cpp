@@ -105,7 +105,8 @@ TEST_CASE("the ring is set up with the flags this kernel supports") {
 TEST_CASE("the ring fd is registered where the kernel allows it") {
   io_context ctx;
   // The epoll backend has no ring fd to register.
-  CHECK(ctx.features().ring_fd_registered == (ctx.features().backend == couring::backend::io_uring));
+  CHECK(ctx.features().ring_fd_registered ==
+        (ctx.features().backend == couring::backend::io_uring));
   io_context plain({.register_ring_fd = false});
   CHECK_FALSE(plain.features().ring_fd_registered);
   // The ring without a registered fd carries real operations, through its

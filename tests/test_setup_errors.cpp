@@ -54,8 +54,7 @@ struct child_outcome {
 bool tcp_round_trip(couring::io_context& ctx) {
   using namespace std::chrono_literals;
   auto body = [&]() -> couring::task<bool> {
-    auto listener =
-        couring::tcp_listener::bind(ctx, couring::endpoint::ipv4_loopback(0));
+    auto listener = couring::tcp_listener::bind(ctx, couring::endpoint::ipv4_loopback(0));
     if (!listener)
       co_return false;
     auto client = co_await couring::with_timeout(
@@ -102,8 +101,7 @@ child_outcome construct_in_child(int err, couring::io_context_options options = 
         const auto& f = ctx.features();
         const bool ok = tcp_round_trip(ctx);
         report = std::string("C") + couring::to_string(f.backend) + ":" +
-                 std::to_string(f.fallback_error) + ":" + (ok ? "1" : "0") + ":" +
-                 f.backend_reason;
+                 std::to_string(f.fallback_error) + ":" + (ok ? "1" : "0") + ":" + f.backend_reason;
       } catch (const std::system_error& e) {
         report = "S" + std::to_string(e.code().value()) + ":" + e.what();
       } catch (const std::invalid_argument& e) {

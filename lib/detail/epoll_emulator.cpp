@@ -87,16 +87,16 @@ bool short_breaks_link(std::uint8_t opcode) noexcept {
 // not started yet): a copy of its SQE (the SQ slot is reused at once) and its
 // place in the wait structures.
 struct epoll_emulator::request {
-  std::uint64_t lt_ud = 0;  // user_data of its linked timeout, if has_lt
+  std::uint64_t lt_ud = 0;   // user_data of its linked timeout, if has_lt
   std::int64_t deadline = 0; // TIMEOUT, or the linked timeout's
   int res = 0;
   std::uint32_t cflags = 0;
   bool has_lt = false;
-  bool connecting = false;   // CONNECT: in progress, ask SO_ERROR next
-  bool pooled = false;       // from the pool (not a temporary at submission)
-  bool in_waiting = false;   // in waiting_head_'s list
-  bool in_again = false;     // in again_head_'s list (through again_next)
-  int dir = -1;              // fd list it is on, -1 none
+  bool connecting = false; // CONNECT: in progress, ask SO_ERROR next
+  bool pooled = false;     // from the pool (not a temporary at submission)
+  bool in_waiting = false; // in waiting_head_'s list
+  bool in_again = false;   // in again_head_'s list (through again_next)
+  int dir = -1;            // fd list it is on, -1 none
   std::size_t heap_index = no_index;
   request* next = nullptr; // fd list, or free list
   request* prev = nullptr;
@@ -355,8 +355,40 @@ void epoll_emulator::submit() noexcept {
   sq_tail_ = head;
 }
 
+void epoll_emulator::mark_not_ready(int fd, int dir) noexcept {
+  if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size())
+    fds_[static_cast<std::size_t>(fd)].maybe_ready[dir] = false;
+}
+
+bool epoll_emulator::known_not_ready(const io_uring_sqe& sqe, int& dir) const noexcept {
+  switch (sqe.opcode) {
+  case IORING_OP_READ:
+  case IORING_OP_RECV:
+  case IORING_OP_RECVMSG:
+  case IORING_OP_ACCEPT:
+    dir = 0;
+    break;
+  case IORING_OP_WRITE:
+  case IORING_OP_SEND:
+  case IORING_OP_SENDMSG:
+    dir = 1;
+    break;
+  default:
+    return false;
+  }
+  if (sqe.fd < 0 || static_cast<std::size_t>(sqe.fd) >= fds_.size())
+    return false;
+  const fd_entry& e = fds_[static_cast<std::size_t>(sqe.fd)];
+  return e.registered && !e.maybe_ready[dir] && !e.hung_up;
+}
+
 void epoll_emulator::start(request& r) noexcept {
-  const outcome o = perform(r);
+  // Attempt first, unless this descriptor said EAGAIN and no edge came since.
+  int dir = 0;
+  outcome o =
+      known_not_ready(r.sqe, dir) ? (dir == 0 ? outcome::wait_in : outcome::wait_out) : perform(r);
+  if (o == outcome::wait_in || o == outcome::wait_out)
+    mark_not_ready(r.sqe.fd, o == outcome::wait_in ? 0 : 1);
   if (o == outcome::done) {
     complete(&r, r.res, r.cflags);
     return;
@@ -544,6 +576,8 @@ epoll_emulator::outcome epoll_emulator::perform(request& r) noexcept {
     n = ::send(s.fd, buf, s.len, static_cast<int>(s.msg_flags) | MSG_DONTWAIT);
     if (n < 0 && errno == EAGAIN)
       return outcome::wait_out;
+    if (n >= 0 && static_cast<unsigned long>(n) < s.len)
+      mark_not_ready(s.fd, 1); // the send buffer is full
     break;
   case IORING_OP_RECVMSG:
     n = ::recvmsg(s.fd, static_cast<msghdr*>(buf), static_cast<int>(s.msg_flags) | MSG_DONTWAIT);
@@ -577,7 +611,8 @@ epoll_emulator::outcome epoll_emulator::perform(request& r) noexcept {
     return outcome::done;
   case IORING_OP_TIMEOUT_REMOVE:
   case IORING_OP_POLL_REMOVE: {
-    if ((s.timeout_flags & IORING_TIMEOUT_UPDATE_MASK) != 0 && s.opcode == IORING_OP_TIMEOUT_REMOVE) {
+    if ((s.timeout_flags & IORING_TIMEOUT_UPDATE_MASK) != 0 &&
+        s.opcode == IORING_OP_TIMEOUT_REMOVE) {
       r.res = -EINVAL;
       return outcome::done;
     }
@@ -597,12 +632,12 @@ epoll_emulator::outcome epoll_emulator::perform(request& r) noexcept {
     // Plain splice on the loop thread: a pipe or socket that is not ready
     // gives EAGAIN, exactly as a non-blocking descriptor does with io_uring
     // (send_file waits for room with a poll then).
-    n = ::splice(static_cast<int>(s.splice_fd_in),
-                 s.splice_off_in == static_cast<__u64>(-1)
-                     ? nullptr
-                     : reinterpret_cast<loff_t*>(&r.sqe.splice_off_in),
-                 s.fd, s.off == static_cast<__u64>(-1) ? nullptr : reinterpret_cast<loff_t*>(&r.sqe.off),
-                 s.len, s.splice_flags);
+    n = ::splice(
+        static_cast<int>(s.splice_fd_in),
+        s.splice_off_in == static_cast<__u64>(-1) ? nullptr
+                                                  : reinterpret_cast<loff_t*>(&r.sqe.splice_off_in),
+        s.fd, s.off == static_cast<__u64>(-1) ? nullptr : reinterpret_cast<loff_t*>(&r.sqe.off),
+        s.len, s.splice_flags);
     break;
   case IORING_OP_TEE:
     n = ::tee(static_cast<int>(s.splice_fd_in), s.fd, s.len, s.splice_flags);
@@ -664,6 +699,11 @@ epoll_emulator::outcome epoll_emulator::perform_recv(request& r) noexcept {
     const long n = ::recv(s.fd, reinterpret_cast<void*>(s.addr), s.len, flags);
     if (n < 0 && errno == EAGAIN)
       return outcome::wait_in;
+    // A stream receive that got less than it asked for emptied the queue:
+    // the next receive waits for an edge instead of trying (a datagram or
+    // an arrival since then brings one).
+    if (n > 0 && static_cast<unsigned long>(n) < s.len)
+      mark_not_ready(s.fd, 0);
     r.res = sys_res(n);
     r.cflags = 0;
     return outcome::done;
@@ -714,9 +754,9 @@ epoll_emulator::outcome epoll_emulator::perform_accept(request& r) noexcept {
     if (batch == multishot_batch)
       return outcome::again; // the rest next turn: the CQEs get reaped first
     // Accepted sockets are non-blocking on this backend (documented).
-    const int fd = ::accept4(s.fd, reinterpret_cast<sockaddr*>(s.addr),
-                             reinterpret_cast<socklen_t*>(s.addr2),
-                             static_cast<int>(s.accept_flags) | SOCK_NONBLOCK);
+    const int fd =
+        ::accept4(s.fd, reinterpret_cast<sockaddr*>(s.addr), reinterpret_cast<socklen_t*>(s.addr2),
+                  static_cast<int>(s.accept_flags) | SOCK_NONBLOCK);
     if (fd < 0 && errno == EAGAIN)
       return outcome::wait_in;
     // A multishot request ends, with this result, when the CQ has no room
@@ -789,6 +829,8 @@ void epoll_emulator::retry(int fd, int dir) noexcept {
     request* next = r->next;
     const bool was_last = r == last;
     const outcome o = perform(*r);
+    if (o == outcome::wait_in || o == outcome::wait_out)
+      e.maybe_ready[dir] = false;
     if (o == outcome::done) {
       complete(r, r->res, r->cflags);
     } else if (o == outcome::again && !r->in_again) {
@@ -851,7 +893,8 @@ void epoll_emulator::wait_events(std::int64_t max_ns) noexcept {
   // max_ns: 0 polls, < 0 waits for as long as needed; a timer shortens both.
   if (!heap_.empty()) {
     const std::int64_t until = heap_.front()->deadline - clock_ns(CLOCK_MONOTONIC);
-    max_ns = max_ns < 0 ? std::max<std::int64_t>(until, 0) : std::min(max_ns, std::max<std::int64_t>(until, 0));
+    max_ns = max_ns < 0 ? std::max<std::int64_t>(until, 0)
+                        : std::min(max_ns, std::max<std::int64_t>(until, 0));
   }
   if (max_ns == 0 && waiting_ == heap_.size()) {
     // Nobody waits for a descriptor: nothing to ask epoll.
@@ -865,6 +908,12 @@ void epoll_emulator::wait_events(std::int64_t max_ns) noexcept {
   for (int i = 0; i < n; ++i) {
     const int fd = events[i].data.fd;
     const std::uint32_t ev = events[i].events;
+    if (fd >= 0 && static_cast<std::size_t>(fd) < fds_.size()) {
+      fd_entry& e = fds_[static_cast<std::size_t>(fd)];
+      e.maybe_ready[0] |= (ev & input_events) != 0;
+      e.maybe_ready[1] |= (ev & output_events) != 0;
+      e.hung_up |= (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+    }
     if ((ev & input_events) != 0)
       retry(fd, 0);
     if ((ev & output_events) != 0)
@@ -897,6 +946,8 @@ void epoll_emulator::forget(int fd) noexcept {
     return;
   epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
   e.registered = false;
+  e.maybe_ready[0] = e.maybe_ready[1] = true;
+  e.hung_up = false;
   // Nothing waits on a descriptor being released (the ring releases it
   // after its last request completed); a raw CLOSE request might leave some.
   for (int dir = 0; dir < 2; ++dir)

@@ -70,6 +70,14 @@ private:
     request* head[2] = {nullptr, nullptr}; // 0: waits for input, 1: for output
     request* tail[2] = {nullptr, nullptr};
     bool registered = false;
+    // Whether data (room) may be there: cleared when a request saw EAGAIN
+    // (or a short stream receive or send), set by the next edge. While it
+    // is clear a new request waits without trying: the edge that sets it
+    // is certain to come, since the kernel reports every arrival.
+    bool maybe_ready[2] = {true, true};
+    // A hang-up or error was reported: a state that lasts, whose edge has
+    // come already. From then on every request tries first.
+    bool hung_up = false;
   };
   // again: a multishot request that stopped while its descriptor was still
   // ready (a batch per turn, for fairness); it is tried again next enter.
@@ -93,6 +101,8 @@ private:
   void cancel_request(request* r) noexcept;
   void cancel_chain(request* first) noexcept;
   void retry(int fd, int dir) noexcept;
+  void mark_not_ready(int fd, int dir) noexcept;
+  bool known_not_ready(const io_uring_sqe& sqe, int& dir) const noexcept;
   void run_timers() noexcept;
   void run_again() noexcept;
   void drop_again(request* r) noexcept;
@@ -123,10 +133,10 @@ private:
   unsigned cq_mask_ = 0;
   std::vector<io_uring_cqe> overflow_; // CQEs the full CQ could not take, in order
 
-  std::vector<fd_entry> fds_;          // indexed by descriptor
-  std::vector<request*> heap_;         // timers, nearest deadline first
-  request* waiting_head_ = nullptr;    // every parked request (cancel by user_data)
-  request* again_head_ = nullptr;      // multishot requests to try again next enter
+  std::vector<fd_entry> fds_;       // indexed by descriptor
+  std::vector<request*> heap_;      // timers, nearest deadline first
+  request* waiting_head_ = nullptr; // every parked request (cancel by user_data)
+  request* again_head_ = nullptr;   // multishot requests to try again next enter
   std::size_t waiting_ = 0;
   std::vector<std::unique_ptr<request[]>> chunks_;
   request* free_ = nullptr;
