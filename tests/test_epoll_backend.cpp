@@ -10,18 +10,22 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <span>
 #include <stop_token>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <couring/couring.hpp>
+#include <couring/detail/io_awaitable.hpp>
 
 #include "support.hpp"
 
@@ -344,4 +348,95 @@ TEST_CASE("epoll: files and paths are plain syscalls on the loop thread") {
   ctx.run(body());
   ::unlink(path.c_str());
   ::rmdir(tmpl);
+}
+
+namespace {
+
+// A receive whose buffer comes from a provided buffer ring
+// (IOSQE_BUFFER_SELECT): what buffer_pool builds on. A test-only awaitable
+// on a raw descriptor of the test's own.
+class select_recv : public couring::detail::io_awaitable<select_recv> {
+public:
+  select_recv(io_context& ctx, int fd, unsigned short bgid)
+      : io_awaitable(ctx), fd_(fd), bgid_(bgid) {}
+  void prepare(io_uring_sqe* sqe) noexcept {
+    io_uring_prep_recv(sqe, fd_, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = bgid_;
+  }
+  std::pair<int, std::uint32_t> make_result(int res) noexcept { return {res, this->cqe_flags}; }
+
+private:
+  int fd_;
+  unsigned short bgid_;
+};
+
+} // namespace
+
+TEST_CASE("a provided buffer ring gives the same results on both backends") {
+  for (auto b : {couring::backend::io_uring, couring::backend::epoll}) {
+    INFO("backend " << couring::to_string(b));
+    couring::io_context_options o;
+    o.backend = b;
+    io_context ctx(o);
+    constexpr unsigned entries = 4;
+    constexpr std::size_t size = 16;
+    void* mem = std::aligned_alloc(4096, 4096);
+    REQUIRE(mem != nullptr);
+    auto* br = static_cast<io_uring_buf_ring*>(mem);
+    io_uring_buf_ring_init(br);
+    static char bufs[2][size];
+    // Two buffers, ids 7 and 9.
+    io_uring_buf_ring_add(br, bufs[0], size, 7, io_uring_buf_ring_mask(entries), 0);
+    io_uring_buf_ring_add(br, bufs[1], size, 9, io_uring_buf_ring_mask(entries), 1);
+    io_uring_buf_ring_advance(br, 2);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(br);
+    reg.ring_entries = entries;
+    reg.bgid = 3;
+    REQUIRE(ctx.ring().register_buffer_ring(reg) == 0);
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+    auto body = [&]() -> task<void> {
+      CHECK(::write(fds[1], "one", 3) == 3);
+      auto [r1, f1] = co_await select_recv(ctx, fds[0], 3);
+      CHECK(r1 == 3);
+      CHECK((f1 & IORING_CQE_F_BUFFER) != 0);
+      CHECK((f1 >> IORING_CQE_BUFFER_SHIFT) == 7);
+      CHECK(std::memcmp(bufs[0], "one", 3) == 0);
+      // The second waits for data, and then takes the next buffer.
+      auto write_later = [&]() -> task<void> {
+        (void)co_await couring::sleep_for(ctx, 10ms);
+        CHECK(::write(fds[1], "two!", 4) == 4);
+      };
+      auto recv_second = [&]() -> task<std::pair<int, std::uint32_t>> {
+        co_return co_await select_recv(ctx, fds[0], 3);
+      };
+      auto [second, ignored] = co_await couring::when_all(recv_second(), write_later());
+      CHECK(second.first == 4);
+      CHECK((second.second >> IORING_CQE_BUFFER_SHIFT) == 9);
+      CHECK(std::memcmp(bufs[1], "two!", 4) == 0);
+      // The ring is empty now: ENOBUFS.
+      CHECK(::write(fds[1], "x", 1) == 1);
+      auto [r3, f3] = co_await select_recv(ctx, fds[0], 3);
+      CHECK(r3 == -ENOBUFS);
+      CHECK((f3 & IORING_CQE_F_BUFFER) == 0);
+    };
+    ctx.run(body());
+    CHECK(ctx.ring().unregister_buffer_ring(3) == 0);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    std::free(mem);
+  }
+}
+
+TEST_CASE(
+    "registrations on the epoll backend: fixed buffers recorded, direct descriptors refused") {
+  io_context ctx(epoll_options());
+  char data[8];
+  iovec iov{.iov_base = data, .iov_len = sizeof data};
+  CHECK(ctx.ring().register_buffers(&iov, 1) == 0);
+  CHECK(ctx.ring().unregister_buffers() == 0);
+  CHECK(ctx.ring().register_files_sparse(16) == -EOPNOTSUPP);
+  CHECK(ctx.ring().unregister_buffer_ring(42) == -EINVAL);
 }
