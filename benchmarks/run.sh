@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Echo server comparison: blocking thread-per-connection vs hand-written raw liburing vs
-# couring, on 127.0.0.1 only.
+# couring, and hand-written epoll vs couring on its epoll backend, on 127.0.0.1 only.
 #
 #   benchmarks/run.sh SERVER_DIR [--plot] [--quick]
 #
@@ -47,12 +47,16 @@ loadgen=$server_dir/benchmarks/loadgen
 command -v python3 >/dev/null || { echo "run.sh: python3 is required" >&2; exit 2; }
 command -v ss >/dev/null || { echo "run.sh: ss (iproute2) is required" >&2; exit 2; }
 
-kinds=(blocking raw_uring couring)
+kinds=(blocking raw_uring couring epoll couring_epoll)
 declare -A server_bin=(
   [blocking]=$server_dir/benchmarks/echo_blocking
   [raw_uring]=$server_dir/benchmarks/echo_raw_uring
   [couring]=$server_dir/examples/echo_server
+  [epoll]=$server_dir/benchmarks/echo_epoll
+  [couring_epoll]=$server_dir/examples/echo_server
 )
+# couring_epoll is the couring server on its epoll backend.
+declare -A server_env=([couring_epoll]=COURING_BACKEND=epoll)
 connections=(1 50 500)
 sizes=(64 4096)
 warmup=0.5
@@ -155,8 +159,8 @@ for c in "${connections[@]}"; do
       bin=${server_bin[$kind]}
       result=$work/$kind-$c-$s.json
       port=$(free_port) || { echo "run.sh: no free port" >&2; exit 1; }
-      "${server_pin[@]}" "$bin" "$port" >"$work/$kind-$c-$s.server.log" 2>&1 &
-      server_pid=$! # taskset execs the server: same pid
+      env ${server_env[$kind]:-} "${server_pin[@]}" "$bin" "$port" >"$work/$kind-$c-$s.server.log" 2>&1 &
+      server_pid=$! # env and taskset exec the server: same pid
       if ! wait_listening "$port" "$server_pid"; then
         echo "$kind: server did not listen on 127.0.0.1:$port" >&2
         cat "$work/$kind-$c-$s.server.log" >&2
@@ -165,7 +169,7 @@ for c in "${connections[@]}"; do
         failed=1
         continue
       fi
-      printf '%-10s ' "$kind"
+      printf '%-13s ' "$kind"
       timeout --kill-after=5 $((duration + 30)) \
         "${load_pin[@]}" "$loadgen" --port "$port" --connections "$c" --size "$s" \
         --duration "$duration" --warmup "$warmup" --server-pid "$server_pid" --json "$result"
@@ -188,7 +192,7 @@ python3 - "$work" "$out_dir/servers.json" "$duration" <<'EOF'
 import json, os, sys
 
 work, out_path, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
-kinds = ["blocking", "raw_uring", "couring"]
+kinds = ["blocking", "raw_uring", "couring", "epoll", "couring_epoll"]
 conns = [1, 50, 500]
 sizes = [64, 4096]
 rows = []
@@ -218,7 +222,7 @@ def fmt(v, spec):
     return "-".rjust(int("".join(ch for ch in spec.split(".")[0] if ch.isdigit()) or 0))
 
 print()
-print(f"{'server':<10} {'conns':>5} {'size':>5} {'round trips/s':>13} {'p50 us':>9} "
+print(f"{'server':<13} {'conns':>5} {'size':>5} {'round trips/s':>13} {'p50 us':>9} "
       f"{'p99 us':>9} {'CPU us/rt':>9} {'errors':>6}")
 # A run with an error (a failed or corrupted round trip, a starved connection,
 # a server that did not start) measured something else: it is marked here and
@@ -226,7 +230,7 @@ print(f"{'server':<10} {'conns':>5} {'size':>5} {'round trips/s':>13} {'p50 us':
 def had_error(r):
     return bool(r.get("errors")) or bool(r.get("connections_below_floor")) or "note" in r
 for r in rows:
-    print(f"{r['server']:<10} {r['connections']:>5} {r['size']:>5} "
+    print(f"{r['server']:<13} {r['connections']:>5} {r['size']:>5} "
           f"{fmt(r.get('round_trips_per_sec'), '13.0f')} {fmt(r.get('p50_us'), '9.1f')} "
           f"{fmt(r.get('p99_us'), '9.1f')} {fmt(r.get('server_cpu_us_per_round_trip'), '9.2f')} "
           f"{fmt(r.get('errors'), '6d')}" + ("  ERROR: left out of the ratios" if had_error(r) else ""))
@@ -246,11 +250,15 @@ def ratio(a, b, c, s):
 
 print()
 print("server CPU time per round trip, ratios (lower is better for the first):")
-print(f"{'conns':>5} {'size':>5} {'couring/raw':>12} {'couring/blocking':>17} {'raw/blocking':>13}")
+print(f"{'conns':>5} {'size':>5} {'couring/raw':>12} {'couring/blocking':>17} {'raw/blocking':>13}"
+      f" {'couring_epoll/epoll':>20} {'couring/couring_epoll':>22}")
 for c in conns:
     for s in sizes:
         print(f"{c:>5} {s:>5} {ratio('couring', 'raw_uring', c, s):>12} "
-              f"{ratio('couring', 'blocking', c, s):>17} {ratio('raw_uring', 'blocking', c, s):>13}")
+              f"{ratio('couring', 'blocking', c, s):>17} {ratio('raw_uring', 'blocking', c, s):>13}"
+              f" {ratio('couring_epoll', 'epoll', c, s):>20}"
+              f" {ratio('couring', 'couring_epoll', c, s):>22}")
+print("(target: couring_epoll/epoll <= 1.10)")
 print(f"\nresults: {out_path}")
 EOF
 ((failed)) && echo "SOME RUNS HAD ERRORS" >&2
@@ -312,7 +320,8 @@ import json, sys
 
 src, work, png, terminal, duration = sys.argv[1:6]
 rows = json.load(open(src))
-styles = {"blocking": ("#c0392b", 5), "raw_uring": ("#2471a3", 7), "couring": ("#1e8449", 9)}
+styles = {"blocking": ("#c0392b", 5), "raw_uring": ("#2471a3", 7), "couring": ("#1e8449", 9),
+          "epoll": ("#7d3c98", 11), "couring_epoll": ("#b9770e", 13)}
 plots_rps, plots_cpu = [], []
 for kind, (color, pt) in styles.items():
     for size, dt in ((64, 1), (4096, 2)):

@@ -2,22 +2,47 @@
 
 // How an io_context's ring is set up, and what the kernel accepted.
 
+#include <string>
+
 namespace couring {
+
+// Which kernel interface drives the context. io_uring is the fast path;
+// epoll is for where io_uring is refused (Docker's seccomp profile,
+// kernel.io_uring_disabled, gVisor). README: "Where io_uring is not allowed".
+enum class backend {
+  // io_uring where it can be set up, epoll where io_uring_setup fails with
+  // EPERM or ENOSYS (or the kernel's io_uring is too old). The environment
+  // variable COURING_BACKEND=io_uring|epoll overrides this choice (only this
+  // one: an explicit choice in the options wins over the environment).
+  automatic,
+  io_uring, // io_uring or a std::system_error saying why not
+  epoll,    // the epoll emulation, even where io_uring would work
+};
 
 struct io_context_options {
   unsigned sq_entries = 256;
   unsigned cq_entries = 0;      // 0: four times sq_entries
   bool register_ring_fd = true; // io_uring_register_ring_fd, where the kernel allows it
   bool multishot_accept = true; // tcp_listener uses multishot accept where supported
+  couring::backend backend = couring::backend::automatic;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).
 struct io_context_features {
-  unsigned setup_flags = 0;     // IORING_SETUP_* actually in force
-  unsigned kernel_features = 0; // io_uring_params::features
+  unsigned setup_flags = 0;     // IORING_SETUP_* actually in force (0 on epoll)
+  unsigned kernel_features = 0; // io_uring_params::features (0 on epoll)
   bool ring_fd_registered = false;
   unsigned sq_entries = 0;
   unsigned cq_entries = 0;
+  // The backend that runs (never automatic), and why it was chosen: the
+  // option, the environment variable, or the io_uring_setup error that made
+  // an automatic context fall back to epoll (fallback_error is that errno).
+  couring::backend backend = couring::backend::io_uring;
+  std::string backend_reason;
+  int fallback_error = 0;
 };
+
+// "io_uring" or "epoll" ("automatic" for the option's default).
+const char* to_string(couring::backend b) noexcept;
 
 } // namespace couring

@@ -1,5 +1,7 @@
 #include <couring/detail/ring.hpp>
 
+#include "epoll_emulator.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cassert>
@@ -10,6 +12,10 @@
 #include <stdexcept>
 #include <system_error>
 
+#include <cstdlib>
+#include <string_view>
+
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -111,26 +117,85 @@ int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, uns
   }
 }
 
+namespace {
+
+// The backend asked for: the option, or COURING_BACKEND for an automatic one.
+backend chosen_backend(backend option, std::string& reason) {
+  if (option != backend::automatic) {
+    reason = std::string("io_context_options::backend = ") + to_string(option);
+    return option;
+  }
+  const char* env = std::getenv("COURING_BACKEND");
+  if (env == nullptr || *env == '\0')
+    return backend::automatic;
+  const std::string_view v(env);
+  reason = "COURING_BACKEND=" + std::string(v);
+  if (v == "io_uring")
+    return backend::io_uring;
+  if (v == "epoll")
+    return backend::epoll;
+  throw std::invalid_argument("couring: COURING_BACKEND=" + std::string(v) +
+                              " is not a backend; expected io_uring or epoll (or leave it unset)");
+}
+
+} // namespace
+
 ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
   watch_forks();
   fork_generation_ = fork_generation.load(std::memory_order_relaxed);
   // At least two SQ slots: a request and its linked timeout must fit together.
   const unsigned sq = options.sq_entries == 0 ? 256 : std::max(options.sq_entries, 2u);
   const unsigned cq = options.cq_entries == 0 ? sq * 4 : options.cq_entries;
+  multishot_accept_ = options.multishot_accept;
 
+  std::string reason;
+  const backend want = chosen_backend(options.backend, reason);
+  if (want == backend::epoll) {
+    set_up_epoll(sq, cq);
+    features_.backend_reason = reason;
+    return;
+  }
+  int err = 0;
+  try {
+    set_up_io_uring(options, sq, cq, err);
+  } catch (const std::system_error& e) {
+    // Automatic: where io_uring is refused (a seccomp filter: EPERM or
+    // ENOSYS; kernel.io_uring_disabled: EPERM) or too old, epoll takes over.
+    const bool refused = err == -EPERM || err == -ENOSYS || err == 1;
+    if (want != backend::automatic || !refused)
+      throw;
+    set_up_epoll(sq, cq);
+    features_.fallback_error = err == 1 ? ENOSYS : -err;
+    features_.backend_reason = std::string("io_uring unavailable, fell back to epoll: ") + e.what();
+    return;
+  }
+  features_.backend = backend::io_uring;
+  features_.backend_reason = reason.empty() ? "automatic: io_uring_setup succeeded" : reason;
+}
+
+void ring::set_up_epoll(unsigned sq, unsigned cq) {
+  emu_ = std::make_unique<epoll_emulator>(ring_, sq, cq);
+  features_ = {};
+  features_.backend = backend::epoll;
+  features_.sq_entries = ring_.sq.ring_entries;
+  features_.cq_entries = ring_.cq.ring_entries;
+}
+
+// err: io_uring_setup's error (negative), or 1 when the kernel is too old.
+void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsigned cq, int& err) {
   const auto try_setup = [&](unsigned flags) {
     io_uring_params params{};
     params.flags = flags;
     params.cq_entries = cq;
-    const int err = io_uring_queue_init_params(sq, &ring_, &params);
-    if (err == 0) {
+    const int e = io_uring_queue_init_params(sq, &ring_, &params);
+    if (e == 0) {
       features_.kernel_features = params.features;
       features_.sq_entries = params.sq_entries;
       features_.cq_entries = params.cq_entries;
     }
-    return err;
+    return e;
   };
-  const int err = setup_with_fallback(try_setup, features_.setup_flags);
+  err = setup_with_fallback(try_setup, features_.setup_flags);
   if (err != 0) {
     throw std::system_error(
         -err, std::system_category(),
@@ -147,21 +212,51 @@ ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
   }
   if (!kernel_519) {
     io_uring_queue_exit(&ring_);
+    ring_ = io_uring{};
+    err = 1;
     throw std::system_error(ENOSYS, std::system_category(),
                             "couring: this kernel's io_uring is too old: couring needs Linux "
                             "5.19 or newer (cancellation by descriptor, multishot accept)");
   }
-  multishot_accept_ = options.multishot_accept;
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
 }
 
 ring::~ring() {
+  if (emu_ != nullptr)
+    return; // the emulator closes its epoll instance; no kernel ring to unmap
   // In a fork() child, io_uring_queue_exit only unmaps and closes this
   // process's references (the registered ring descriptor belongs to the
   // parent's task; unregistering it here is a harmless no-op).
   io_uring_queue_exit(&ring_);
+}
+
+int ring::register_buffer_ring(const io_uring_buf_reg& reg) {
+  if (emu_ != nullptr)
+    return emu_->register_buffer_ring(reg);
+  io_uring_buf_reg copy = reg;
+  return io_uring_register_buf_ring(&ring_, &copy, 0);
+}
+
+int ring::unregister_buffer_ring(unsigned bgid) {
+  if (emu_ != nullptr)
+    return emu_->unregister_buffer_ring(bgid);
+  return io_uring_unregister_buf_ring(&ring_, static_cast<int>(bgid));
+}
+
+int ring::register_buffers(const iovec* iovecs, unsigned n) {
+  // On epoll READ_FIXED/WRITE_FIXED are plain reads and writes at sqe->addr:
+  // nothing to pin.
+  return emu_ != nullptr ? 0 : io_uring_register_buffers(&ring_, iovecs, n);
+}
+
+int ring::unregister_buffers() {
+  return emu_ != nullptr ? 0 : io_uring_unregister_buffers(&ring_);
+}
+
+int ring::register_files_sparse(unsigned n) {
+  return emu_ != nullptr ? -EOPNOTSUPP : io_uring_register_files_sparse(&ring_, n);
 }
 
 bool ring::foreign() const noexcept {
@@ -178,6 +273,11 @@ io_uring_sqe* ring::get_sqe_slow() {
 void ring::flush_full_sq(unsigned wanted) {
   if (wanted > features_.sq_entries)
     throw std::invalid_argument("couring: more SQEs wanted at once than the ring has");
+  if (emu_ != nullptr) {
+    emu_->submit(); // consumes every SQE: the whole SQ is free again
+    ++enter_count_;
+    return;
+  }
   // Hand the queued SQEs to the kernel so that slots free up. The kernel may
   // push back (EBUSY/EAGAIN) while its completion backlog is large; flushing
   // that backlog into the CQ ring lets the loop reap it on its next turn
@@ -219,7 +319,10 @@ void ring::cancel(operation* op) noexcept {
 }
 
 void ring::submit_now() noexcept {
-  if (io_uring_sq_ready(&ring_) > 0) {
+  if (io_uring_sq_ready(&ring_) > 0 && emu_ != nullptr) [[unlikely]] {
+    emu_->submit();
+    ++enter_count_;
+  } else if (io_uring_sq_ready(&ring_) > 0) {
     io_uring_submit(&ring_);
     ++enter_count_;
   }
@@ -227,6 +330,11 @@ void ring::submit_now() noexcept {
 
 void ring::enter(bool block) {
   recycle_released();
+  if (emu_ != nullptr) [[unlikely]] {
+    emu_->enter(block);
+    ++enter_count_;
+    return;
+  }
   int r = block ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
   ++enter_count_;
   if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
@@ -265,6 +373,19 @@ bool ring::run_posted() {
 
 // --- I/O objects ----------------------------------------------------------------
 
+namespace {
+// The epoll backend waits for readiness only after EAGAIN, so a descriptor
+// must never block the loop: every object's descriptor is made non-blocking
+// (sockets couring accepts already are). This changes the open file
+// description, shared with whoever else holds it (an inherited terminal or
+// pipe): documented in README ("Where io_uring is not allowed").
+void make_nonblocking(int fd) noexcept {
+  const int fl = ::fcntl(fd, F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK) == 0)
+    ::fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+} // namespace
+
 object_state* ring::open_object(int fd) {
   if (free_ == nullptr) {
     constexpr std::size_t chunk = 64;
@@ -277,6 +398,8 @@ object_state* ring::open_object(int fd) {
   object_state* s = free_;
   free_ = s->next_free;
   s->next_free = nullptr;
+  if (emu_ != nullptr)
+    make_nonblocking(fd);
   s->fd = fd;
   s->closed = false;
   s->use_read_write = false;
@@ -353,6 +476,8 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
 
 void ring::release_descriptor(object_state* s) noexcept {
   assert(s->closed && s->in_flight == 0 && s->fd >= 0);
+  if (emu_ != nullptr)
+    emu_->forget(s->fd); // out of the epoll set first: a dup would keep it there
   ::close(s->fd);
   s->fd = -1;
   ++s->generation; // an awaitable made before the close no longer matches
@@ -463,9 +588,13 @@ void ring::drain() noexcept {
     // Cancelled requests complete quickly; wait a little for each round and
     // cancel again what arrived in between (nothing new is started: no
     // coroutine is resumed while draining).
-    __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 20'000'000};
-    io_uring_cqe* cqe = nullptr;
-    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    if (emu_ != nullptr) {
+      emu_->enter_for(20'000'000);
+    } else {
+      __kernel_timespec ts{.tv_sec = 0, .tv_nsec = 20'000'000};
+      io_uring_cqe* cqe = nullptr;
+      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    }
     ++enter_count_;
     reap();
   }
@@ -473,3 +602,16 @@ void ring::drain() noexcept {
 }
 
 } // namespace couring::detail
+
+namespace couring {
+const char* to_string(backend b) noexcept {
+  switch (b) {
+  case backend::io_uring:
+    return "io_uring";
+  case backend::epoll:
+    return "epoll";
+  default:
+    return "automatic";
+  }
+}
+} // namespace couring

@@ -30,6 +30,7 @@ class io_context;
 namespace couring::detail {
 
 class ring;
+class epoll_emulator;
 struct object_side;
 struct object_state;
 
@@ -138,6 +139,19 @@ public:
   io_context& context() const noexcept { return *ctx_; }
   const io_context_features& features() const noexcept { return features_; }
   bool multishot_accept_supported() const noexcept { return multishot_accept_; }
+  // True on the epoll backend: the SQ and CQ are user-space arrays that an
+  // emulator of the kernel side consumes and fills (lib/detail/epoll_emulator.hpp).
+  bool emulated() const noexcept { return emu_ != nullptr; }
+
+  // --- registrations (0 or -errno; the epoll backend records or refuses) ----
+  // A provided buffer ring (kernel ABI struct io_uring_buf_ring).
+  int register_buffer_ring(const io_uring_buf_reg& reg);
+  int unregister_buffer_ring(unsigned bgid);
+  // Fixed buffers: on epoll, READ_FIXED/WRITE_FIXED are plain reads/writes.
+  int register_buffers(const iovec* iovecs, unsigned n);
+  int unregister_buffers();
+  // A sparse direct-descriptor table: -EOPNOTSUPP on epoll (use plain fds).
+  int register_files_sparse(unsigned n);
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -301,7 +315,14 @@ private:
   void release_descriptor(object_state* s) noexcept;
   void recycle_released() noexcept;
 
+  void set_up_io_uring(const io_context_options& options, unsigned sq, unsigned cq, int& err);
+  void set_up_epoll(unsigned sq, unsigned cq);
+
   io_uring ring_{};
+  // The epoll backend's emulator; nullptr on io_uring. Only the calls that
+  // would enter the kernel look at it (enter, submit_now, drain, ...): the
+  // per-operation path (get_sqe, arm, reap) is the same on both backends.
+  std::unique_ptr<epoll_emulator> emu_;
   io_context* ctx_;
   io_context_features features_{};
   unsigned fork_generation_ = 0;
