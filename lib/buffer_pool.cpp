@@ -61,6 +61,7 @@ struct pool_receiver : operation {
   int end = 0; // 0: open; 1: end of stream; < 0: errno (after the queue)
   request in_kernel = request::none;
   bool hungry = false;
+  bool woken = false;   // re-armed from the hungry list, no CQE yet
   bool counted = false; // its request counts as background work (count_internal)
 };
 
@@ -111,6 +112,7 @@ private:
   void make_hungry(pool_receiver* rc) noexcept;
   void leave_hungry(pool_receiver* rc) noexcept;
   void wake_hungry() noexcept;
+  void settle_woken(pool_receiver* rc) noexcept;
   void uncount(pool_receiver* rc) noexcept;
   void maybe_free() noexcept;
   void try_arm(pool_receiver* rc, bool recv) noexcept;
@@ -122,6 +124,7 @@ private:
   std::unique_ptr<buf_meta[]> meta_;
   std::uint32_t out_ = 0; // buffers the kernel handed us that are not back yet
   std::size_t live_ = 0;  // receivers in use
+  std::uint32_t woken_ = 0; // hungry receivers re-armed that have not taken a buffer yet
   pool_receiver* hungry_head_ = nullptr;
   pool_receiver* hungry_tail_ = nullptr;
   pool_receiver* free_ = nullptr;
@@ -323,23 +326,39 @@ void pool_state::leave_hungry(pool_receiver* rc) noexcept {
 }
 
 void pool_state::wake_hungry() noexcept {
-  // One hungry receiver per buffer back: it has data waiting, so it takes
-  // the buffer (or, if another stream was quicker, goes back in line).
-  if (hungry_head_ == nullptr || r_->draining())
+  // As many hungry receivers as there are buffers nobody is about to take:
+  // each has data waiting, so it takes a buffer (or, if another stream was
+  // quicker, goes back in line). Waking fewer could leave buffers idle while
+  // streams starve; waking all would make every give-back cost O(streams).
+  if (r_->draining())
     return;
-  pool_receiver* rc = hungry_head_;
-  hungry_head_ = static_cast<pool_receiver*>(rc->next);
-  if (hungry_head_ == nullptr)
-    hungry_tail_ = nullptr;
-  rc->hungry = false;
-  rc->next = nullptr;
-  try_arm(rc, true);
-  if (rc->end != 0)
-    serve_waiters(rc, false); // could not re-arm: the error is its result
+  while (hungry_head_ != nullptr && available() > woken_) {
+    pool_receiver* rc = hungry_head_;
+    hungry_head_ = static_cast<pool_receiver*>(rc->next);
+    if (hungry_head_ == nullptr)
+      hungry_tail_ = nullptr;
+    rc->hungry = false;
+    rc->next = nullptr;
+    try_arm(rc, true);
+    if (rc->end != 0) {
+      serve_waiters(rc, false); // could not re-arm: the error is its result
+    } else {
+      rc->woken = true;
+      ++woken_;
+    }
+  }
+}
+
+void pool_state::settle_woken(pool_receiver* rc) noexcept {
+  if (rc->woken) {
+    rc->woken = false;
+    --woken_;
+  }
 }
 
 void pool_state::destroy(pool_receiver* rc) noexcept {
   leave_hungry(rc);
+  settle_woken(rc);
   uncount(rc);
   // Chunks nobody took go back to the kernel.
   while (rc->first != none) {
@@ -413,6 +432,7 @@ void pool_state::on_cqe(operation* op) noexcept {
         p.make_hungry(rc); // data is waiting; a buffer given back re-arms it
     }
   } else {
+    p.settle_woken(rc);
     if (flags & IORING_CQE_F_BUFFER) {
       const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
       p.took_buffer();
@@ -441,9 +461,10 @@ void pool_state::on_cqe(operation* op) noexcept {
   }
   if (closed) {
     if (rc->in_kernel == pool_receiver::request::none)
-      p.destroy(rc);
+      p.destroy(rc); // (its buffers' give-backs wake hungry streams)
     return;
   }
+  p.wake_hungry(); // this receiver's buffer may have been the one it was woken for
   serve_waiters(rc, true);
 }
 
@@ -453,6 +474,7 @@ void pool_state::on_abandon(operation* op) noexcept {
   auto* rc = static_cast<pool_receiver*>(op);
   pool_state& p = *rc->pool;
   const bool was_poll = rc->in_kernel == pool_receiver::request::poll;
+  p.settle_woken(rc);
   if ((op->cqe_flags & IORING_CQE_F_MORE) == 0) {
     rc->in_kernel = pool_receiver::request::none;
     p.uncount(rc);

@@ -33,7 +33,11 @@ bool is(const std::error_code& ec, std::errc e) { return ec == e; }
 
 // Receives until end of stream, checking every byte against pattern(seed);
 // returns the byte count (or -1 on an error or a wrong byte).
-task<long> receive_all(tcp_stream& s, buffer_pool& pool, std::uint64_t seed) {
+// hold: keep each lease across a short sleep, so that many streams hold
+// buffers at once (starvation); starved counts receives that found the pool
+// empty.
+task<long> receive_all(tcp_stream& s, buffer_pool& pool, std::uint64_t seed, bool hold = false,
+                       int* starved = nullptr) {
   std::size_t at = 0;
   for (;;) {
     auto lease = co_await s.receive(pool);
@@ -46,6 +50,10 @@ task<long> receive_all(tcp_stream& s, buffer_pool& pool, std::uint64_t seed) {
     for (std::byte b : lease->data())
       if (b != pattern_byte(seed, at++))
         co_return -1;
+    if (starved != nullptr && pool.available() == 0)
+      ++*starved;
+    if (hold)
+      co_await couring::sleep_for(s.context(), 1ms);
   }
 }
 
@@ -120,8 +128,9 @@ TEST_CASE("1,000 connections share 8 buffers: order kept, nothing lost, nothing 
   constexpr std::size_t per_connection = 20'000; // ~10 buffers each, > the pool
   int complete = 0;
   int failed = 0;
+  int starved = 0;
   auto server_side = [&](tcp_stream s, std::uint64_t seed) -> task<void> {
-    const long n = co_await receive_all(s, pool, seed);
+    const long n = co_await receive_all(s, pool, seed, true, &starved);
     if (n == static_cast<long>(per_connection))
       ++complete;
     else
@@ -143,6 +152,7 @@ TEST_CASE("1,000 connections share 8 buffers: order kept, nothing lost, nothing 
   };
   ctx.spawn(body());
   ctx.run();
+  CHECK(starved > 100); // the pool really was empty, often
   CHECK(failed == 0);
   CHECK(complete == connections);
   CHECK(pool.available() == 8);
@@ -327,6 +337,91 @@ TEST_CASE("a peer that resets mid-stream: a clear error after the data") {
     }
     CHECK((data.empty() || data == "before")); // Linux drops unread data on RST
     CHECK(is(err, std::errc::connection_reset));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("CQ overflow (16-entry CQ) while multishot receives run: no lost data, re-armed") {
+  io_context ctx(couring::io_context_options{.sq_entries = 8, .cq_entries = 16});
+  REQUIRE(ctx.features().cq_entries == 16);
+  buffer_pool pool(ctx, 256, 512);
+  auto listener = loopback_listener(ctx);
+  constexpr int connections = 20;
+  constexpr std::size_t per_connection = 64 * 1024; // 128 chunks each at least
+  int complete = 0;
+  auto server_side = [&](tcp_stream s, std::uint64_t seed) -> task<void> {
+    if (co_await receive_all(s, pool, seed) == static_cast<long>(per_connection))
+      ++complete;
+  };
+  auto body = [&]() -> task<void> {
+    std::vector<tcp_stream> clients;
+    for (int i = 0; i < connections; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      ctx.spawn(server_side(std::move(p.server), 50 + static_cast<std::uint64_t>(i)));
+      clients.push_back(std::move(p.client));
+    }
+    // Every client's data is in the kernel before the receivers get to run:
+    // their CQEs come in bursts far larger than the CQ.
+    for (int i = 0; i < connections; ++i) {
+      const auto data = pattern(50 + static_cast<std::uint64_t>(i), per_connection);
+      REQUIRE(::send(clients[i].native_handle(), data.data(), data.size(), 0) ==
+              static_cast<ssize_t>(data.size()));
+      REQUIRE(::shutdown(clients[i].native_handle(), SHUT_WR) == 0);
+    }
+    const auto give_up = std::chrono::steady_clock::now() + scaled(60s);
+    while (complete < connections && std::chrono::steady_clock::now() < give_up)
+      co_await couring::sleep_for(ctx, 5ms);
+  };
+  ctx.run(body());
+  CHECK(complete == connections);
+  CHECK(pool.available() == 256);
+}
+
+TEST_CASE("a peer floods while the consumer holds every lease: bounded, nothing lost") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 4096);
+  auto listener = loopback_listener(ctx);
+  constexpr std::size_t total = 8 * 1024 * 1024;
+  bool sent = false;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    int small = 16 * 1024;
+    REQUIRE(setsockopt(p.server.native_handle(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    REQUIRE(setsockopt(p.client.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    auto flood = [&]() -> task<void> {
+      co_await send_and_shut(p.client, pattern(99, total));
+      sent = true;
+    };
+    ctx.spawn(flood());
+    // Take every buffer and hold on to it.
+    std::vector<buffer_lease> held;
+    std::size_t at = 0;
+    bool ok = true;
+    while (held.size() < 4) {
+      auto l = co_await p.server.receive(pool);
+      require_ok(l);
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(99, at++);
+      held.push_back(std::move(*l));
+    }
+    co_await couring::sleep_for(ctx, scaled(200ms));
+    // Nothing more came in: the kernel keeps the rest in the socket, the
+    // peer is held back by TCP's window.
+    CHECK(pool.available() == 0);
+    CHECK(!sent);
+    held.clear();
+    for (;;) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), scaled(10s));
+      require_ok(l);
+      if (l->empty())
+        break;
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(99, at++);
+    }
+    CHECK(ok);
+    CHECK(at == total);
+    CHECK(sent);
   };
   ctx.run(body());
   CHECK(pool.available() == 4);
