@@ -122,8 +122,8 @@ private:
   std::byte* mem_ = nullptr;
   std::size_t mem_bytes_ = 0;
   std::unique_ptr<buf_meta[]> meta_;
-  std::uint32_t out_ = 0; // buffers the kernel handed us that are not back yet
-  std::size_t live_ = 0;  // receivers in use
+  std::uint32_t out_ = 0;   // buffers the kernel handed us that are not back yet
+  std::size_t live_ = 0;    // receivers in use
   std::uint32_t woken_ = 0; // hungry receivers re-armed that have not taken a buffer yet
   pool_receiver* hungry_head_ = nullptr;
   pool_receiver* hungry_tail_ = nullptr;
@@ -520,13 +520,14 @@ void pool_state::stop() noexcept {
   maybe_free();
 }
 
-void give_back(pool_state* pool, std::uint32_t bid) noexcept { pool->give_back(bid); }
+void give_back(pool_state* pool, std::uint32_t bid) noexcept {
+  pool->give_back(bid);
+}
 
 bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
   this->scope = s;
   bid_ = no_buffer;
-  if (this->object == nullptr || this->object->closed ||
-      this->object->generation != generation_) {
+  if (this->object == nullptr || this->object->closed || this->object->generation != generation_) {
     // Closed (or never opened): as for every operation on an object.
     this->res = this->owner_ring != nullptr ? -ECANCELED : -EBADF;
     return false;
@@ -583,13 +584,17 @@ void buffer_pool::stop() noexcept {
     std::exchange(state_, nullptr)->stop();
 }
 
-std::size_t buffer_pool::count() const noexcept { return state_ != nullptr ? state_->count_ : 0; }
+std::size_t buffer_pool::count() const noexcept {
+  return state_ != nullptr ? state_->count_ : 0;
+}
 std::size_t buffer_pool::buffer_size() const noexcept {
   return state_ != nullptr ? state_->size_ : 0;
 }
 std::size_t buffer_pool::available() const noexcept {
   return state_ != nullptr ? state_->available() : 0;
 }
-unsigned buffer_pool::group_id() const noexcept { return state_ != nullptr ? state_->bgid_ : 0; }
+unsigned buffer_pool::group_id() const noexcept {
+  return state_ != nullptr ? state_->bgid_ : 0;
+}
 
 } // namespace couring

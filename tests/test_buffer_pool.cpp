@@ -29,7 +29,9 @@ using couring::tcp_stream;
 
 namespace {
 
-bool is(const std::error_code& ec, std::errc e) { return ec == e; }
+bool is(const std::error_code& ec, std::errc e) {
+  return ec == e;
+}
 
 // Receives until end of stream, checking every byte against pattern(seed);
 // returns the byte count (or -1 on an error or a wrong byte).
@@ -166,7 +168,9 @@ TEST_CASE("close with the multishot receive armed: the waiting receive ends, the
   std::optional<result<buffer_lease>> got;
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
-    auto waiting = [&]() -> task<void> { got.emplace(co_await p.server.receive(pool)); };
+    auto waiting = [&]() -> task<void> {
+      got.emplace(co_await p.server.receive(pool));
+    };
     ctx.spawn(waiting());
     co_await couring::sleep_for(ctx, 20ms); // the receive is armed and waits
     REQUIRE(!got.has_value());
@@ -251,10 +255,14 @@ TEST_CASE("misuse: a read on a receiving stream, a second pool, moved-from strea
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
-    auto waiting = [&]() -> task<result<buffer_lease>> { co_return co_await p.server.receive(pool); };
+    auto waiting = [&]() -> task<result<buffer_lease>> {
+      co_return co_await p.server.receive(pool);
+    };
     auto w = waiting();
     std::optional<result<buffer_lease>> got;
-    auto keeper = [&]() -> task<void> { got.emplace(co_await std::move(w)); };
+    auto keeper = [&]() -> task<void> {
+      got.emplace(co_await std::move(w));
+    };
     ctx.spawn(keeper());
     co_await couring::sleep_for(ctx, 10ms);
     bool threw = false;
@@ -268,7 +276,9 @@ TEST_CASE("misuse: a read on a receiving stream, a second pool, moved-from strea
     // A read queued behind the pool receive fails with invalid_argument
     // once data comes (the stream reads through its pool).
     std::byte buf[16];
-    auto reader = [&]() -> task<result<std::size_t>> { co_return co_await p.server.read(buf); };
+    auto reader = [&]() -> task<result<std::size_t>> {
+      co_return co_await p.server.read(buf);
+    };
     std::optional<result<std::size_t>> read_result;
     auto read_keeper = [&, t = reader()]() mutable -> task<void> {
       read_result.emplace(co_await std::move(t));
@@ -299,7 +309,9 @@ TEST_CASE("a pool destroyed while streams receive: they end, leases stay valid")
     auto lease = co_await p.server.receive(*pool);
     require_ok(lease);
     std::optional<result<buffer_lease>> got;
-    auto waiting = [&]() -> task<void> { got.emplace(co_await p.server.receive(*pool)); };
+    auto waiting = [&]() -> task<void> {
+      got.emplace(co_await p.server.receive(*pool));
+    };
     ctx.spawn(waiting());
     co_await couring::sleep_for(ctx, 10ms);
     pool.reset();
