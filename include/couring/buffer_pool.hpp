@@ -80,14 +80,6 @@ private:
   std::uint32_t bid_ = 0;
 };
 
-struct buffer_pool_options {
-  // Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12): a receive
-  // takes only the bytes it needs from a buffer, and the rest of it serves
-  // the next receives, so small messages do not each use up a whole buffer.
-  // Not implemented yet: see docs/design.md ("Buffer pools").
-  bool incremental = false;
-};
-
 class buffer_pool {
 public:
   // count buffers (1..32768) of size bytes (1..2^31), registered with ctx's
