@@ -55,7 +55,7 @@ task<long> receive_all(tcp_stream& s, buffer_pool& pool, std::uint64_t seed, boo
     if (starved != nullptr && pool.available() == 0)
       ++*starved;
     if (hold)
-      co_await couring::sleep_for(s.context(), 1ms);
+      (void)co_await couring::sleep_for(s.context(), 1ms);
   }
 }
 
@@ -172,10 +172,10 @@ TEST_CASE("close with the multishot receive armed: the waiting receive ends, the
       got.emplace(co_await p.server.receive(pool));
     };
     ctx.spawn(waiting());
-    co_await couring::sleep_for(ctx, 20ms); // the receive is armed and waits
+    (void)co_await couring::sleep_for(ctx, 20ms); // the receive is armed and waits
     REQUIRE(!got.has_value());
     p.server.close();
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     REQUIRE(got.has_value());
     CHECK(is(got->error(), std::errc::operation_canceled));
     // A receive on the closed stream fails the same way.
@@ -197,11 +197,11 @@ TEST_CASE("close with chunks queued gives their buffers back") {
     auto first = co_await p.server.receive(pool); // arms the multishot
     require_ok(first);
     require_ok(co_await p.client.write_all(bytes(std::string(600, 'x')))); // 3 buffers
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     CHECK(pool.available() == 0); // one leased, three queued: nobody took them
     p.server.close();
     // They go back once the cancelled request's last CQE is in.
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     CHECK(pool.available() == 3);
   };
   ctx.run(body());
@@ -220,7 +220,7 @@ TEST_CASE("a cancelled receive loses nothing: the next receive gets the data") {
     // Data arrives while nobody waits; a receive whose stop was requested
     // before it started ends at once and leaves it queued.
     require_ok(co_await p.client.write_all(bytes("hello")));
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     std::stop_source stop;
     stop.request_stop();
     auto r2 = co_await couring::with_stop_token(p.server.receive(pool), stop.get_token());
@@ -231,9 +231,9 @@ TEST_CASE("a cancelled receive loses nothing: the next receive gets the data") {
     // A stop requested while the receive waits ends it; then data again.
     std::stop_source later;
     auto stopper = [&]() -> task<void> {
-      co_await couring::sleep_for(ctx, 10ms);
+      (void)co_await couring::sleep_for(ctx, 10ms);
       later.request_stop();
-      co_await couring::sleep_for(ctx, 10ms);
+      (void)co_await couring::sleep_for(ctx, 10ms);
       require_ok(co_await p.client.write_all(bytes("world")));
     };
     ctx.spawn(stopper());
@@ -264,7 +264,7 @@ TEST_CASE("misuse: a read on a receiving stream, a second pool, moved-from strea
       got.emplace(co_await std::move(w));
     };
     ctx.spawn(keeper());
-    co_await couring::sleep_for(ctx, 10ms);
+    (void)co_await couring::sleep_for(ctx, 10ms);
     bool threw = false;
     try {
       auto r = co_await p.server.receive(other);
@@ -284,9 +284,9 @@ TEST_CASE("misuse: a read on a receiving stream, a second pool, moved-from strea
       read_result.emplace(co_await std::move(t));
     };
     ctx.spawn(read_keeper());
-    co_await couring::sleep_for(ctx, 10ms);
+    (void)co_await couring::sleep_for(ctx, 10ms);
     require_ok(co_await p.client.write_all(bytes("data")));
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     REQUIRE(got.has_value());
     require_ok(*got);
     CHECK(text((*got)->data()) == "data");
@@ -313,9 +313,9 @@ TEST_CASE("a pool destroyed while streams receive: they end, leases stay valid")
       got.emplace(co_await p.server.receive(*pool));
     };
     ctx.spawn(waiting());
-    co_await couring::sleep_for(ctx, 10ms);
+    (void)co_await couring::sleep_for(ctx, 10ms);
     pool.reset();
-    co_await couring::sleep_for(ctx, 20ms);
+    (void)co_await couring::sleep_for(ctx, 20ms);
     REQUIRE(got.has_value());
     CHECK(is(got->error(), std::errc::operation_canceled));
     CHECK(text(lease->data()) == "kept"); // the memory lives until the last lease
@@ -331,7 +331,7 @@ TEST_CASE("a peer that resets mid-stream: a clear error after the data") {
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
     require_ok(co_await p.client.write_all(bytes("before")));
-    co_await couring::sleep_for(ctx, 10ms);
+    (void)co_await couring::sleep_for(ctx, 10ms);
     linger lg{.l_onoff = 1, .l_linger = 0};
     REQUIRE(setsockopt(p.client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
     p.client.close(); // RST
@@ -383,7 +383,7 @@ TEST_CASE("CQ overflow (16-entry CQ) while multishot receives run: no lost data,
     }
     const auto give_up = std::chrono::steady_clock::now() + scaled(60s);
     while (complete < connections && std::chrono::steady_clock::now() < give_up)
-      co_await couring::sleep_for(ctx, 5ms);
+      (void)co_await couring::sleep_for(ctx, 5ms);
   };
   ctx.run(body());
   CHECK(complete == connections);
@@ -417,7 +417,7 @@ TEST_CASE("a peer floods while the consumer holds every lease: bounded, nothing 
         ok = ok && b == pattern_byte(99, at++);
       held.push_back(std::move(*l));
     }
-    co_await couring::sleep_for(ctx, scaled(200ms));
+    (void)co_await couring::sleep_for(ctx, scaled(200ms));
     // Nothing more came in: the kernel keeps the rest in the socket, the
     // peer is held back by TCP's window.
     CHECK(pool.available() == 0);
