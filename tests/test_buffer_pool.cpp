@@ -438,3 +438,18 @@ TEST_CASE("a peer floods while the consumer holds every lease: bounded, nothing 
   ctx.run(body());
   CHECK(pool.available() == 4);
 }
+
+TEST_CASE("receive on a stream that is not a socket: a clear error") {
+  io_context ctx;
+  buffer_pool pool(ctx, 2, 64);
+  auto body = [&]() -> task<void> {
+    auto p = couring::pipe(ctx);
+    require_ok(p);
+    auto& [reader, writer] = *p;
+    require_ok(co_await writer.write_all(bytes("x")));
+    auto r = co_await couring::with_timeout(reader.receive(pool), 5s);
+    CHECK(r.error() == std::error_code(ENOTSOCK, std::system_category()));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 2);
+}

@@ -162,7 +162,7 @@ public:
   // multishot receive per stream, buffer_pool.hpp): a lease on the next
   // chunk, in order; an empty lease at end of stream. Once a stream receives
   // from a pool it reads only that way (a read() fails with
-  // invalid_argument).
+  // invalid_argument). Sockets only: on a pipe it fails with ENOTSOCK.
   [[nodiscard]] detail::pool_receive_awaitable receive(buffer_pool& pool) noexcept {
     return {handle_, pool.state()};
   }
