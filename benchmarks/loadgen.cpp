@@ -10,7 +10,13 @@
 // /proc/PID/stat) is sampled at both ends of the window.
 //
 //   loadgen (--port P | --unix PATH) [--connections N] [--size BYTES] [--duration S] [--warmup S]
-//           [--json FILE] [--server-pid PID] [--min-per-connection N]
+//           [--json FILE] [--server-pid PID] [--min-per-connection N] [--idle N]
+//
+// --idle N opens N more connections that stay idle (connected, never sending) while
+// the active ones run; one that the server closes or resets is an error. With
+// --server-pid the server's resident memory (VmRSS) is read before the first connect
+// and at the end of the window, so that the memory an idle connection costs the server
+// can be computed (server_rss_growth_kib / idle).
 //
 // Every connection must do its share: the report gives the fewest verified round trips
 // any one connection completed in the window, and a connection below
@@ -57,7 +63,7 @@ constexpr std::size_t kMaxSize = 64u << 20;
   std::fprintf(stderr,
                "usage: loadgen (--port P | --unix PATH) [--connections N] [--size BYTES]\n"
                "               [--duration SECONDS] [--warmup SECONDS] [--json FILE]\n"
-               "               [--server-pid PID] [--min-per-connection N]\n"
+               "               [--server-pid PID] [--min-per-connection N] [--idle N]\n"
                "TCP always connects to %s; --unix PATH connects to a Unix socket\n"
                "(a path, or @name for an abstract one).\n",
                kHost);
@@ -74,6 +80,7 @@ struct Options {
   std::string json;
   long server_pid = -1;
   long min_per_connection = 1; // verified round trips every connection must complete
+  int idle = 0;                // extra connections that stay idle
 };
 
 long parse_long(std::string_view name, const std::string& v, long lo, long hi) {
@@ -139,6 +146,8 @@ Options parse_args(int argc, char** argv) {
       o.json = value;
     else if (arg == "--server-pid")
       o.server_pid = parse_long(arg, value, 1, 1L << 30);
+    else if (arg == "--idle")
+      o.idle = static_cast<int>(parse_long(arg, value, 0, 1000000));
     else if (arg == "--min-per-connection")
       o.min_per_connection = parse_long(arg, value, 1, 1L << 40);
     else {
@@ -192,6 +201,22 @@ std::optional<double> process_cpu_seconds(long pid) {
     ++field;
   }
   return std::nullopt;
+}
+
+// VmRSS of a process, in KiB.
+std::optional<long> process_rss_kib(long pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%ld/status", pid);
+  FILE* f = std::fopen(path, "r");
+  if (f == nullptr)
+    return std::nullopt;
+  char line[256];
+  std::optional<long> kib;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::strncmp(line, "VmRSS:", 6) == 0)
+      kib = std::strtol(line + 6, nullptr, 10);
+  std::fclose(f);
+  return kib;
 }
 
 // Content of byte `pos` of message `seq` on connection `conn`: a splitmix64 stream keyed by
@@ -292,9 +317,11 @@ void Loadgen::set_interest(Conn& c, bool want_out) {
 }
 
 bool Loadgen::connect_all() {
-  const int n = opt_.connections;
+  // The idle connections come after the active ones; they need no buffers.
+  const int n = opt_.connections + opt_.idle;
   conns_.resize(static_cast<std::size_t>(n));
-  buffers_ = std::make_unique<std::uint8_t[]>(2 * opt_.size * static_cast<std::size_t>(n));
+  buffers_ =
+      std::make_unique<std::uint8_t[]>(2 * opt_.size * static_cast<std::size_t>(opt_.connections));
 
   sockaddr_storage addr{};
   socklen_t addr_len = 0;
@@ -320,8 +347,10 @@ bool Loadgen::connect_all() {
   for (int i = 0; i < n; ++i) {
     Conn& c = conns_[static_cast<std::size_t>(i)];
     c.id = static_cast<std::uint32_t>(i);
-    c.sbuf = buffers_.get() + 2 * opt_.size * static_cast<std::size_t>(i);
-    c.rbuf = c.sbuf + opt_.size;
+    if (i < opt_.connections) {
+      c.sbuf = buffers_.get() + 2 * opt_.size * static_cast<std::size_t>(i);
+      c.rbuf = c.sbuf + opt_.size;
+    }
     // A non-blocking Unix connect fails with EAGAIN when the backlog is full
     // (it never completes later, unlike TCP's EINPROGRESS): Unix sockets
     // connect blocking, then turn non-blocking.
@@ -484,6 +513,16 @@ void Loadgen::do_recv(Conn& c) {
 void Loadgen::on_event(Conn& c, std::uint32_t events) {
   if (!c.alive)
     return;
+  if (c.sbuf == nullptr) {
+    // An idle connection hears nothing unless the server drops it.
+    char b;
+    const ssize_t r = recv(c.fd, &b, 1, MSG_DONTWAIT);
+    if (r > 0)
+      fail(c, "an idle connection received data", EPROTO);
+    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+      fail(c, "idle connection", r == 0 ? 0 : errno);
+    return;
+  }
   if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
     do_recv(c);
   if (c.alive && (events & EPOLLOUT) && c.sent < opt_.size)
@@ -496,6 +535,9 @@ int Loadgen::run() {
     std::perror("loadgen: epoll_create1");
     return 1;
   }
+  std::optional<long> rss_before, rss_during;
+  if (opt_.server_pid > 0)
+    rss_before = process_rss_kib(opt_.server_pid);
   if (!connect_all())
     return 1;
   if (live_ == 0) {
@@ -511,7 +553,7 @@ int Loadgen::run() {
 
   const std::int64_t t0 = now_ns();
   for (Conn& c : conns_) {
-    if (c.alive)
+    if (c.alive && c.sbuf != nullptr)
       start_round(c, t0);
   }
 
@@ -537,8 +579,10 @@ int Loadgen::run() {
     if (measuring_ && (now - win_start >= window_ns || live_ == 0)) {
       win_end = now;
       getrusage(RUSAGE_SELF, &ru_end);
-      if (opt_.server_pid > 0)
+      if (opt_.server_pid > 0) {
         cpu_end = process_cpu_seconds(opt_.server_pid);
+        rss_during = process_rss_kib(opt_.server_pid); // every connection still open
+      }
       break;
     }
     if (live_ == 0) { // every connection failed during the warmup: nothing measured
@@ -610,7 +654,12 @@ int Loadgen::run() {
   // completed before failing).
   std::uint64_t min_rt = UINT64_MAX;
   std::size_t starved = 0;
+  std::size_t idle_alive = 0;
   for (const Conn& c : conns_) {
+    if (c.sbuf == nullptr) {
+      idle_alive += c.alive;
+      continue;
+    }
     min_rt = std::min(min_rt, c.round_trips);
     if (c.round_trips < static_cast<std::uint64_t>(opt_.min_per_connection)) {
       if (starved < 5)
@@ -636,6 +685,14 @@ int Loadgen::run() {
   if (have_cpu)
     std::printf(" server_cpu_seconds=%.2f server_cpu_us_per_round_trip=%.3f", server_cpu,
                 server_cpu_per_rt);
+  const bool have_rss = rss_before && rss_during;
+  if (opt_.idle > 0)
+    std::printf(" idle=%d idle_alive=%zu", opt_.idle, idle_alive);
+  if (have_rss)
+    std::printf(" server_rss_before_kib=%ld server_rss_kib=%ld", *rss_before, *rss_during);
+  if (have_rss && opt_.idle > 0)
+    std::printf(" server_bytes_per_idle_connection=%.0f",
+                static_cast<double>(*rss_during - *rss_before) * 1024.0 / opt_.idle);
   std::printf("\n");
   std::fflush(stdout);
 
@@ -659,6 +716,15 @@ int Loadgen::run() {
         host.c_str(), opt_.port, opt_.connections, connected, opt_.size, opt_.warmup, secs,
         st_.round_trips, rps, mean_us, p50, p99, p999, max_us, st_.errors, st_.byte_errors,
         st_.corrupt_round_trips, client_cpu, min_rt, starved);
+    std::fprintf(f, ",\n  \"idle\": %d,\n  \"idle_alive\": %zu", opt_.idle, idle_alive);
+    if (have_rss)
+      std::fprintf(f,
+                   ",\n  \"server_rss_before_kib\": %ld,\n  \"server_rss_kib\": %ld,\n"
+                   "  \"server_bytes_per_idle_connection\": %.1f",
+                   *rss_before, *rss_during,
+                   opt_.idle > 0
+                       ? static_cast<double>(*rss_during - *rss_before) * 1024.0 / opt_.idle
+                       : 0.0);
     if (opt_.server_pid > 0) {
       std::fprintf(f, ",\n  \"server_pid\": %ld", opt_.server_pid);
       if (have_cpu)
@@ -693,9 +759,9 @@ int main(int argc, char** argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      static_cast<rlim_t>(opt.connections) + 16 > rl.rlim_cur) {
+      static_cast<rlim_t>(opt.connections) + static_cast<rlim_t>(opt.idle) + 16 > rl.rlim_cur) {
     std::fprintf(stderr, "loadgen: %d connections exceed the open file limit (%llu)\n",
-                 opt.connections, static_cast<unsigned long long>(rl.rlim_cur));
+                 opt.connections + opt.idle, static_cast<unsigned long long>(rl.rlim_cur));
     return 2;
   }
 

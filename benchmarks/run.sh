@@ -376,5 +376,11 @@ EOF
   fi
 fi
 
+# Buffer pools: memory per idle connection, CPU per round trip up to 5,000 connections.
+echo
+pool_args=()
+((quick)) && pool_args+=(--quick)
+"$script_dir/pool_bench.sh" "$server_dir" "${pool_args[@]}" || failed=1
+
 echo "total time: $((SECONDS - start_time)) s"
 exit "$failed"

@@ -4,7 +4,13 @@
 // io_context, one coroutine each; peers that reset or vanish only end their
 // own coroutine. One echo() serves every kind of stream.
 //
-//   echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS] [--udp] [--unix PATH]
+//   echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] [--grace SECONDS] [--udp]
+//               [--unix PATH]
+//
+// --pool: connections hold no buffer of their own; the kernel picks one
+// from a shared pool of COUNT buffers when data arrives (stream::receive,
+// a multishot receive into a provided buffer ring), so memory grows with
+// traffic rather than with connections.
 //
 // SIGINT/SIGTERM (read through a couring::signal_set) stop it: it stops
 // accepting, lets the connections still open finish within the grace period,
@@ -16,6 +22,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,11 +65,28 @@ struct connection_list {
   }
 };
 
+// How connections get their buffers: their own (size bytes each), or a
+// lease from a shared pool.
+struct buffers {
+  std::size_t size;
+  couring::buffer_pool* pool; // nullptr: each connection owns a buffer
+};
+
 // One connection, whatever kind of stream it is: read what is there, send it
-// all back, repeat. The buffer is allocated once; the loop allocates nothing.
-couring::task<void> echo(couring::stream& stream, std::size_t buffer_size, connection_list& live) {
+// all back, repeat. The buffer is allocated once (or leased from the pool
+// while a chunk is echoed); the loop allocates nothing.
+couring::task<void> echo(couring::stream& stream, buffers b, connection_list& live) {
   connection_list::node registered(live, stream);
-  std::vector<std::byte> buf(buffer_size);
+  if (b.pool != nullptr) {
+    for (;;) {
+      auto chunk = co_await stream.receive(*b.pool);
+      if (!chunk || chunk->empty())
+        co_return;
+      if (!co_await stream.write_all(chunk->data()))
+        co_return;
+    } // the lease ends here: the buffer goes back to the kernel
+  }
+  std::vector<std::byte> buf(b.size);
   for (;;) {
     auto n = co_await stream.read(buf);
     if (!n || *n == 0)
@@ -73,19 +97,19 @@ couring::task<void> echo(couring::stream& stream, std::size_t buffer_size, conne
 }
 
 // Each connection's coroutine owns its stream and hands it to echo().
-couring::task<void> connection(couring::tcp_stream stream, std::size_t buffer_size,
+couring::task<void> connection(couring::tcp_stream stream, buffers buffer_size,
                                connection_list& live) {
   (void)stream.set_no_delay(true);
   co_await echo(stream, buffer_size, live);
 }
-couring::task<void> connection(couring::unix_stream stream, std::size_t buffer_size,
+couring::task<void> connection(couring::unix_stream stream, buffers buffer_size,
                                connection_list& live) {
   co_await echo(stream, buffer_size, live);
 }
 
 // Accepts on any listener (tcp_listener, unix_listener) until it is closed.
 template <class Listener>
-couring::task<void> serve(couring::io_context& ctx, Listener& listener, std::size_t buffer_size,
+couring::task<void> serve(couring::io_context& ctx, Listener& listener, buffers buffer_size,
                           connection_list& live) {
   for (;;) {
     auto conn = co_await listener.accept();
@@ -122,8 +146,8 @@ struct listeners {
 };
 
 // Serves until SIGINT or SIGTERM, then stops in order.
-couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l,
-                                     std::size_t buffer_size, std::chrono::milliseconds grace,
+couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l, buffers buffer_size,
+                                     std::chrono::milliseconds grace,
                                      couring::signal_set& signals) {
   using namespace std::chrono_literals;
   connection_list live;
@@ -131,7 +155,7 @@ couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l,
   if (l.unix_socket.is_open())
     ctx.spawn(serve(ctx, l.unix_socket, buffer_size, live));
   if (l.udp.is_open())
-    ctx.spawn(serve_datagrams(l.udp, buffer_size));
+    ctx.spawn(serve_datagrams(l.udp, buffer_size.size));
   (void)co_await signals.wait();
   // New connections are refused from now on (the Unix socket's file goes).
   l.tcp.close();
@@ -148,12 +172,15 @@ couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l,
 }
 
 void usage(std::FILE* out) {
-  std::fputs("usage: echo_server PORT [--address ADDR] [--buffer BYTES] [--grace SECONDS] "
-             "[--udp] [--unix PATH]\n"
+  std::fputs("usage: echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] "
+             "[--grace SECONDS] [--udp] [--unix PATH]\n"
              "  Echoes every byte back to each client until it closes.\n"
              "  PORT             TCP port to listen on (0: any free port, printed)\n"
              "  --address ADDR   address to listen on (default 127.0.0.1; [::1] for IPv6)\n"
-             "  --buffer BYTES   read buffer per connection (default 16384)\n"
+             "  --buffer BYTES   read buffer per connection (default 16384; with --pool,\n"
+             "                   the size of each pool buffer, default 4096)\n"
+             "  --pool COUNT     receive into a pool of COUNT buffers shared by all\n"
+             "                   connections (multishot receive, provided buffer ring)\n"
              "  --grace SECONDS  on SIGINT/SIGTERM, how long open connections may go on\n"
              "                   before they are closed (default 2)\n"
              "  --udp            also echo UDP datagrams on the same port, each to its sender\n"
@@ -172,7 +199,8 @@ bool parse_number(std::string_view s, unsigned long& out) {
 
 int main(int argc, char** argv) {
   std::string_view port_text, address = "127.0.0.1";
-  unsigned long buffer_size = 16384;
+  unsigned long buffer_size = 0; // 0: the default for the mode
+  unsigned long pool_count = 0;
   unsigned long grace_seconds = 2;
   bool udp = false;
   std::string unix_path;
@@ -184,10 +212,16 @@ int main(int argc, char** argv) {
     }
     if (arg == "--udp") {
       udp = true;
-    } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix") &&
+    } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix" ||
+                arg == "--pool") &&
                i + 1 < argc) {
       std::string_view value = argv[++i];
-      if (arg == "--address") {
+      if (arg == "--pool") {
+        if (!parse_number(value, pool_count) || pool_count == 0 || pool_count > 32768) {
+          std::cerr << "echo_server: bad --pool '" << value << "' (1..32768)\n";
+          return 2;
+        }
+      } else if (arg == "--address") {
         address = value;
       } else if (arg == "--unix") {
         unix_path = value;
@@ -207,6 +241,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (buffer_size == 0)
+    buffer_size = pool_count != 0 ? 4096 : 16384;
   unsigned long port = 0;
   if (port_text.empty() || !parse_number(port_text, port) || port > 65535) {
     usage(stderr);
@@ -262,7 +298,11 @@ int main(int argc, char** argv) {
       if (port == 0)
         std::cout << "unix on " << l.unix_socket.local_endpoint().to_string() << std::endl;
     }
-    ctx.run(run_until_signal(ctx, l, buffer_size, std::chrono::seconds(grace_seconds), signals));
+    std::optional<couring::buffer_pool> pool;
+    if (pool_count != 0)
+      pool.emplace(ctx, pool_count, buffer_size);
+    ctx.run(run_until_signal(ctx, l, buffers{buffer_size, pool ? &*pool : nullptr},
+                             std::chrono::seconds(grace_seconds), signals));
   } catch (const std::exception& e) {
     std::cerr << "echo_server: " << e.what() << '\n';
     return 1;

@@ -5,12 +5,16 @@
 # The same server also echoes UDP datagrams (--udp) and serves a Unix socket
 # (--unix), whose file it removes on exit.
 #
-#   echo_server_load.sh ECHO_SERVER LOADGEN
+#   echo_server_load.sh ECHO_SERVER LOADGEN [SERVER OPTIONS...]
+#
+# SERVER OPTIONS go to echo_server (the suite runs it once plain, once with
+# --pool: every connection receiving through one small shared buffer pool).
 set -euo pipefail
 # A stray exit status 77 must not read as "skipped" (tests/skip.sh).
 # shellcheck source=skip.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/skip.sh"
 server=$1 loadgen=$2
+shift 2
 work=$(mktemp -d)
 pid=
 cleanup() { [[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
@@ -18,7 +22,7 @@ trap 'rc=$?; cleanup; finish_status $rc' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 sock=$work/echo.sock
-"$server" 0 --udp --unix "$sock" >"$work/out" 2>"$work/err" &
+"$server" 0 --udp --unix "$sock" "$@" >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 1 100); do
   grep -q '^unix on' "$work/out" && break
@@ -37,6 +41,9 @@ echo "== 2000 connections, 64 B"
 "$loadgen" --port "$port" --connections 2000 --size 64 --duration 1 --warmup 0.3 --min-per-connection "$floor"
 echo "== 100 connections, 100 KiB messages (short reads and writes)"
 "$loadgen" --port "$port" --connections 100 --size 102400 --duration 1 --warmup 0.2 --min-per-connection "$floor"
+
+echo "== 1000 idle connections beside 50 active ones: none dropped"
+"$loadgen" --port "$port" --connections 50 --idle 1000 --size 64 --duration 0.5 --warmup 0.5 --min-per-connection "$floor"
 
 echo "== 500 Unix socket connections, 64 B, and 4 KiB"
 "$loadgen" --unix "$sock" --connections 500 --size 64 --duration 1 --warmup 0.2

@@ -2,6 +2,7 @@
 
 // The umbrella header: everything couring offers.
 
+#include <couring/buffer_pool.hpp>
 #include <couring/datagram_socket.hpp>
 #include <couring/endpoint.hpp>
 #include <couring/error.hpp>

@@ -35,7 +35,9 @@
 
 #include <sys/socket.h>
 
+#include <couring/buffer_pool.hpp>
 #include <couring/detail/io_awaitable.hpp>
+#include <couring/detail/pool_receive.hpp>
 #include <couring/detail/transfer_all.hpp>
 #include <couring/error.hpp>
 #include <couring/io_context.hpp>
@@ -154,6 +156,15 @@ public:
   // Fills all of buf; error::end_of_stream if the peer closes first.
   [[nodiscard]] read_exactly_awaitable read_exactly(std::span<std::byte> buf) noexcept {
     return {handle_, buf};
+  }
+
+  // Receives into a buffer the kernel picks from pool when data arrives (one
+  // multishot receive per stream, buffer_pool.hpp): a lease on the next
+  // chunk, in order; an empty lease at end of stream. Once a stream receives
+  // from a pool it reads only that way (a read() fails with
+  // invalid_argument). Sockets only: on a pipe it fails with ENOTSOCK.
+  [[nodiscard]] detail::pool_receive_awaitable receive(buffer_pool& pool) noexcept {
+    return {handle_, pool.state()};
   }
 
   // Half-close: the peer reads end of stream; this side can still read.

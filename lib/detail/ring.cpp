@@ -448,6 +448,12 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   }
   cancel_waiting(*this, s->read_side);
   cancel_waiting(*this, s->write_side);
+  // An active operation that waits in a structure of ours rather than in
+  // the kernel (a pool receive waiting for a buffer) is told through its
+  // cancel_fn; requests in the kernel are reached by the cancel below.
+  for (object_side* side : {&s->read_side, &s->write_side})
+    if (operation* a = side->active; a != nullptr && a->cancel_fn != nullptr)
+      a->cancel_fn(a);
   if (s->in_flight == 0) {
     release_descriptor(s);
     return;
@@ -472,6 +478,15 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   }
   if (!running_)
     submit_now(); // nobody else will submit it soon
+}
+
+int ring::register_buffer_ring(const io_uring_buf_reg& reg) {
+  auto copy = reg; // liburing 2.3 takes a non-const pointer
+  return io_uring_register_buf_ring(&ring_, &copy, 0);
+}
+
+int ring::unregister_buffer_ring(unsigned bgid) {
+  return io_uring_unregister_buf_ring(&ring_, static_cast<int>(bgid));
 }
 
 void ring::release_descriptor(object_state* s) noexcept {

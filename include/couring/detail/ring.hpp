@@ -247,6 +247,12 @@ public:
   // op is done with its side: the next operation in line is issued.
   void pass_side(operation* op) noexcept;
 
+  // --- provided buffer rings -----------------------------------------------
+  // Registers (or unregisters) a provided buffer ring for buffer_pool: 0 or
+  // a negative errno (-EEXIST: that group id is taken on this ring).
+  int register_buffer_ring(const io_uring_buf_reg& reg);
+  int unregister_buffer_ring(unsigned bgid);
+
   // --- state, counters ------------------------------------------------------
   bool draining() const noexcept { return draining_; }
   // True in a child process that inherited this ring through fork(): the

@@ -1,0 +1,455 @@
+// buffer_pool and stream::receive(pool): order and completeness under
+// starvation, lease lifetimes, cancellation and close with the multishot
+// receive armed, CQ overflow, floods and resets.
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <stop_token>
+#include <vector>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using namespace test_support;
+using couring::buffer_lease;
+using couring::buffer_pool;
+using couring::io_context;
+using couring::result;
+using couring::task;
+using couring::tcp_stream;
+
+namespace {
+
+bool is(const std::error_code& ec, std::errc e) {
+  return ec == e;
+}
+
+// Receives until end of stream, checking every byte against pattern(seed);
+// returns the byte count (or -1 on an error or a wrong byte).
+// hold: keep each lease across a short sleep, so that many streams hold
+// buffers at once (starvation); starved counts receives that found the pool
+// empty.
+task<long> receive_all(tcp_stream& s, buffer_pool& pool, std::uint64_t seed, bool hold = false,
+                       int* starved = nullptr) {
+  std::size_t at = 0;
+  for (;;) {
+    auto lease = co_await s.receive(pool);
+    if (!lease) {
+      UNSCOPED_INFO("receive: " << lease.error().message());
+      co_return -1;
+    }
+    if (lease->empty())
+      co_return static_cast<long>(at);
+    for (std::byte b : lease->data())
+      if (b != pattern_byte(seed, at++))
+        co_return -1;
+    if (starved != nullptr && pool.available() == 0)
+      ++*starved;
+    if (hold)
+      (void)co_await couring::sleep_for(s.context(), 1ms);
+  }
+}
+
+task<void> send_and_shut(tcp_stream& s, std::vector<std::byte> data) {
+  require_ok(co_await s.write_all(data));
+  require_ok(s.shutdown_write());
+}
+
+} // namespace
+
+TEST_CASE("receive delivers chunks in order, then end of stream") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 1024);
+  CHECK(pool.count() == 4);
+  CHECK(pool.buffer_size() == 1024);
+  CHECK(pool.available() == 4);
+  auto listener = loopback_listener(ctx);
+  long got = 0;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    ctx.spawn(send_and_shut(p.client, pattern(7, 100'000)));
+    got = co_await receive_all(p.server, pool, 7);
+    // End of stream stays end of stream.
+    auto again = co_await p.server.receive(pool);
+    require_ok(again);
+    CHECK(again->empty());
+  };
+  ctx.run(body());
+  CHECK(got == 100'000);
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("leases are returned out of order and outlive their stream") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 64);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    std::vector<buffer_lease> held;
+    {
+      auto p = co_await connect_pair(ctx, listener);
+      std::string collected;
+      // Three separate chunks: each write waits until the previous chunk is in.
+      for (char c : std::string("abc")) {
+        require_ok(co_await p.client.write(std::string(10, c)));
+        auto l = co_await p.server.receive(pool);
+        require_ok(l);
+        collected += text(l->data());
+        held.push_back(std::move(*l));
+      }
+      CHECK(collected == std::string(10, 'a') + std::string(10, 'b') + std::string(10, 'c'));
+      CHECK(pool.available() == 1);
+      p.server.close();
+    } // both streams destroyed; the leases live on
+    CHECK(text(held[0].data()) == std::string(10, 'a'));
+    CHECK(text(held[2].data()) == std::string(10, 'c'));
+    held[1].release();
+    CHECK(held[1].empty());
+    CHECK(pool.available() == 2);
+    held[2].release();
+    held[0] = buffer_lease{};
+    CHECK(pool.available() == 4);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("1,000 connections share 8 buffers: order kept, nothing lost, nothing closed") {
+  raise_fd_limit();
+  io_context ctx;
+  buffer_pool pool(ctx, 8, 2048);
+  auto listener = loopback_listener(ctx, {.backlog = 1024});
+  constexpr int connections = 1000;
+  constexpr std::size_t per_connection = 20'000; // ~10 buffers each, > the pool
+  int complete = 0;
+  int failed = 0;
+  int starved = 0;
+  auto server_side = [&](tcp_stream s, std::uint64_t seed) -> task<void> {
+    const long n = co_await receive_all(s, pool, seed, true, &starved);
+    if (n == static_cast<long>(per_connection))
+      ++complete;
+    else
+      ++failed;
+  }; // s closes here: the client then reads end of stream
+  auto client_side = [&](tcp_stream c, std::uint64_t seed) -> task<void> {
+    co_await send_and_shut(c, pattern(seed, per_connection));
+    std::byte b[1];
+    auto n = co_await c.read(b); // until the server is done
+    CHECK((n && *n == 0));
+  };
+  auto body = [&]() -> task<void> {
+    for (int i = 0; i < connections; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      const auto seed = 1000 + static_cast<std::uint64_t>(i);
+      ctx.spawn(server_side(std::move(p.server), seed));
+      ctx.spawn(client_side(std::move(p.client), seed));
+    }
+  };
+  ctx.spawn(body());
+  ctx.run();
+  CHECK(starved > 100); // the pool really was empty, often
+  CHECK(failed == 0);
+  CHECK(complete == connections);
+  CHECK(pool.available() == 8);
+}
+
+TEST_CASE("close with the multishot receive armed: the waiting receive ends, the fd goes") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  const std::size_t fds_before = open_fd_count();
+  std::optional<result<buffer_lease>> got;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    auto waiting = [&]() -> task<void> {
+      got.emplace(co_await p.server.receive(pool));
+    };
+    ctx.spawn(waiting());
+    (void)co_await couring::sleep_for(ctx, 20ms); // the receive is armed and waits
+    REQUIRE(!got.has_value());
+    p.server.close();
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(got.has_value());
+    CHECK(is(got->error(), std::errc::operation_canceled));
+    // A receive on the closed stream fails the same way.
+    auto after = co_await p.server.receive(pool);
+    CHECK(is(after.error(), std::errc::operation_canceled));
+  };
+  ctx.run(body());
+  CHECK(open_fd_count() == fds_before);
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("close with chunks queued gives their buffers back") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("x")));
+    auto first = co_await p.server.receive(pool); // arms the multishot
+    require_ok(first);
+    require_ok(co_await p.client.write_all(bytes(std::string(600, 'x')))); // 3 buffers
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    CHECK(pool.available() == 0); // one leased, three queued: nobody took them
+    p.server.close();
+    // They go back once the cancelled request's last CQE is in.
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    CHECK(pool.available() == 3);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("a cancelled receive loses nothing: the next receive gets the data") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    // Timed out while waiting: nothing had arrived.
+    auto r1 = co_await couring::with_timeout(p.server.receive(pool), 20ms);
+    CHECK(is(r1.error(), std::errc::timed_out));
+    // Data arrives while nobody waits; a receive whose stop was requested
+    // before it started ends at once and leaves it queued.
+    require_ok(co_await p.client.write_all(bytes("hello")));
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    std::stop_source stop;
+    stop.request_stop();
+    auto r2 = co_await couring::with_stop_token(p.server.receive(pool), stop.get_token());
+    CHECK(is(r2.error(), std::errc::operation_canceled));
+    auto r3 = co_await p.server.receive(pool);
+    require_ok(r3);
+    CHECK(text(r3->data()) == "hello");
+    // A stop requested while the receive waits ends it; then data again.
+    std::stop_source later;
+    auto stopper = [&]() -> task<void> {
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      later.request_stop();
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      require_ok(co_await p.client.write_all(bytes("world")));
+    };
+    ctx.spawn(stopper());
+    auto r4 = co_await couring::with_stop_token(p.server.receive(pool), later.get_token());
+    CHECK(is(r4.error(), std::errc::operation_canceled));
+    auto r5 = co_await couring::with_timeout(p.server.receive(pool), 5s);
+    require_ok(r5);
+    CHECK(text(r5->data()) == "world");
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("misuse: a read on a receiving stream, a second pool, moved-from streams") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  buffer_pool other(ctx, 2, 256);
+  CHECK(pool.group_id() != other.group_id());
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    auto waiting = [&]() -> task<result<buffer_lease>> {
+      co_return co_await p.server.receive(pool);
+    };
+    auto w = waiting();
+    std::optional<result<buffer_lease>> got;
+    auto keeper = [&]() -> task<void> {
+      got.emplace(co_await std::move(w));
+    };
+    ctx.spawn(keeper());
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    bool threw = false;
+    try {
+      auto r = co_await p.server.receive(other);
+      (void)r;
+    } catch (const std::logic_error&) {
+      threw = true;
+    }
+    CHECK(threw);
+    // A read queued behind the pool receive fails with invalid_argument
+    // once data comes (the stream reads through its pool).
+    std::byte buf[16];
+    auto reader = [&]() -> task<result<std::size_t>> {
+      co_return co_await p.server.read(buf);
+    };
+    std::optional<result<std::size_t>> read_result;
+    auto read_keeper = [&, t = reader()]() mutable -> task<void> {
+      read_result.emplace(co_await std::move(t));
+    };
+    ctx.spawn(read_keeper());
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    require_ok(co_await p.client.write_all(bytes("data")));
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(got.has_value());
+    require_ok(*got);
+    CHECK(text((*got)->data()) == "data");
+    REQUIRE(read_result.has_value());
+    CHECK(is(read_result->error(), std::errc::invalid_argument));
+    tcp_stream moved = std::move(p.server);
+    auto r = co_await p.server.receive(pool);
+    CHECK(r.error() == std::error_code(EBADF, std::system_category()));
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("a pool destroyed while streams receive: they end, leases stay valid") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    auto pool = std::make_unique<buffer_pool>(ctx, 2, 64);
+    require_ok(co_await p.client.write_all(bytes("kept")));
+    auto lease = co_await p.server.receive(*pool);
+    require_ok(lease);
+    std::optional<result<buffer_lease>> got;
+    auto waiting = [&]() -> task<void> {
+      got.emplace(co_await p.server.receive(*pool));
+    };
+    ctx.spawn(waiting());
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    pool.reset();
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(got.has_value());
+    CHECK(is(got->error(), std::errc::operation_canceled));
+    CHECK(text(lease->data()) == "kept"); // the memory lives until the last lease
+    lease->release();
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("a peer that resets mid-stream: a clear error after the data") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("before")));
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    linger lg{.l_onoff = 1, .l_linger = 0};
+    REQUIRE(setsockopt(p.client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    p.client.close(); // RST
+    std::string data;
+    std::error_code err;
+    for (int i = 0; i < 10; ++i) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), 5s);
+      if (!l) {
+        err = l.error();
+        break;
+      }
+      if (l->empty())
+        break;
+      data += text(l->data());
+    }
+    CHECK((data.empty() || data == "before")); // Linux drops unread data on RST
+    CHECK(is(err, std::errc::connection_reset));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("CQ overflow (16-entry CQ) while multishot receives run: no lost data, re-armed") {
+  io_context ctx(couring::io_context_options{.sq_entries = 8, .cq_entries = 16});
+  REQUIRE(ctx.features().cq_entries == 16);
+  buffer_pool pool(ctx, 256, 512);
+  auto listener = loopback_listener(ctx);
+  constexpr int connections = 20;
+  constexpr std::size_t per_connection = 64 * 1024; // 128 chunks each at least
+  int complete = 0;
+  auto server_side = [&](tcp_stream s, std::uint64_t seed) -> task<void> {
+    if (co_await receive_all(s, pool, seed) == static_cast<long>(per_connection))
+      ++complete;
+  };
+  auto body = [&]() -> task<void> {
+    std::vector<tcp_stream> clients;
+    for (int i = 0; i < connections; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      ctx.spawn(server_side(std::move(p.server), 50 + static_cast<std::uint64_t>(i)));
+      clients.push_back(std::move(p.client));
+    }
+    // Every client's data is in the kernel before the receivers get to run:
+    // their CQEs come in bursts far larger than the CQ.
+    for (int i = 0; i < connections; ++i) {
+      const auto data = pattern(50 + static_cast<std::uint64_t>(i), per_connection);
+      REQUIRE(::send(clients[i].native_handle(), data.data(), data.size(), 0) ==
+              static_cast<ssize_t>(data.size()));
+      REQUIRE(::shutdown(clients[i].native_handle(), SHUT_WR) == 0);
+    }
+    const auto give_up = std::chrono::steady_clock::now() + scaled(60s);
+    while (complete < connections && std::chrono::steady_clock::now() < give_up)
+      (void)co_await couring::sleep_for(ctx, 5ms);
+  };
+  ctx.run(body());
+  CHECK(complete == connections);
+  CHECK(pool.available() == 256);
+}
+
+TEST_CASE("a peer floods while the consumer holds every lease: bounded, nothing lost") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 4096);
+  auto listener = loopback_listener(ctx);
+  constexpr std::size_t total = 8 * 1024 * 1024;
+  bool sent = false;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    int small = 16 * 1024;
+    REQUIRE(setsockopt(p.server.native_handle(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    REQUIRE(setsockopt(p.client.native_handle(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    auto flood = [&]() -> task<void> {
+      co_await send_and_shut(p.client, pattern(99, total));
+      sent = true;
+    };
+    ctx.spawn(flood());
+    // Take every buffer and hold on to it.
+    std::vector<buffer_lease> held;
+    std::size_t at = 0;
+    bool ok = true;
+    while (held.size() < 4) {
+      auto l = co_await p.server.receive(pool);
+      require_ok(l);
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(99, at++);
+      held.push_back(std::move(*l));
+    }
+    (void)co_await couring::sleep_for(ctx, scaled(200ms));
+    // Nothing more came in: the kernel keeps the rest in the socket, the
+    // peer is held back by TCP's window.
+    CHECK(pool.available() == 0);
+    CHECK(!sent);
+    held.clear();
+    for (;;) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), scaled(10s));
+      require_ok(l);
+      if (l->empty())
+        break;
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(99, at++);
+    }
+    CHECK(ok);
+    CHECK(at == total);
+    CHECK(sent);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("receive on a stream that is not a socket: a clear error") {
+  io_context ctx;
+  buffer_pool pool(ctx, 2, 64);
+  auto body = [&]() -> task<void> {
+    auto p = couring::pipe(ctx);
+    require_ok(p);
+    auto& [reader, writer] = *p;
+    require_ok(co_await writer.write_all(bytes("x")));
+    auto r = co_await couring::with_timeout(reader.receive(pool), 5s);
+    CHECK(r.error() == std::error_code(ENOTSOCK, std::system_category()));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 2);
+}
