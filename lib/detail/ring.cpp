@@ -480,15 +480,6 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
     submit_now(); // nobody else will submit it soon
 }
 
-int ring::register_buffer_ring(const io_uring_buf_reg& reg) {
-  auto copy = reg; // liburing 2.3 takes a non-const pointer
-  return io_uring_register_buf_ring(&ring_, &copy, 0);
-}
-
-int ring::unregister_buffer_ring(unsigned bgid) {
-  return io_uring_unregister_buf_ring(&ring_, static_cast<int>(bgid));
-}
-
 void ring::release_descriptor(object_state* s) noexcept {
   assert(s->closed && s->in_flight == 0 && s->fd >= 0);
   if (emu_ != nullptr)

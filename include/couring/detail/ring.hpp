@@ -144,7 +144,8 @@ public:
   bool emulated() const noexcept { return emu_ != nullptr; }
 
   // --- registrations (0 or -errno; the epoll backend records or refuses) ----
-  // A provided buffer ring (kernel ABI struct io_uring_buf_ring).
+  // A provided buffer ring (kernel ABI struct io_uring_buf_ring), for
+  // buffer_pool (-EEXIST: that group id is taken on this ring).
   int register_buffer_ring(const io_uring_buf_reg& reg);
   int unregister_buffer_ring(unsigned bgid);
   // Fixed buffers: on epoll, READ_FIXED/WRITE_FIXED are plain reads/writes.
@@ -246,12 +247,6 @@ public:
   static void leave_queue(operation* op) noexcept;
   // op is done with its side: the next operation in line is issued.
   void pass_side(operation* op) noexcept;
-
-  // --- provided buffer rings -----------------------------------------------
-  // Registers (or unregisters) a provided buffer ring for buffer_pool: 0 or
-  // a negative errno (-EEXIST: that group id is taken on this ring).
-  int register_buffer_ring(const io_uring_buf_reg& reg);
-  int unregister_buffer_ring(unsigned bgid);
 
   // --- state, counters ------------------------------------------------------
   bool draining() const noexcept { return draining_; }
