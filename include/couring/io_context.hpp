@@ -106,6 +106,19 @@ public:
   void request_cancel(detail::cancel_scope* scope) noexcept;
   // Drops a queued request for scope (its owner is going away).
   void forget_cancel(detail::cancel_scope* scope) noexcept;
+  // Cross-context messages through the mailbox (detail/message.hpp): false
+  // once the context no longer takes any (it is shutting down).
+  bool push_message(detail::message* m) noexcept;
+  bool accepts_messages() const noexcept { return !mailbox_.closed(); }
+  // For runtime: keeps run() going while no operation is pending (messages
+  // from other threads can still arrive), and the teardown in three steps
+  // (every context of a runtime drains before any frame is destroyed: a
+  // frame may hold objects of several contexts).
+  void keep_alive(int delta) noexcept { ring_.count_parked(delta); }
+  void clear_stop() noexcept { stop_requested_.store(false, std::memory_order_relaxed); }
+  void close_mailbox() noexcept; // abandons what is queued; later pushes fail
+  void drain_for_teardown() noexcept;
+  void destroy_frames() noexcept;
   // The resolver's per-context state (lib/resolve.cpp); empty until first use.
   std::unique_ptr<detail::context_service>& resolver_slot() noexcept { return resolver_; }
 
@@ -117,6 +130,7 @@ private:
   void arm_wakeup();
   static void on_wakeup(detail::operation* op) noexcept;
   void process_remote_cancels() noexcept;
+  bool run_messages() noexcept;
 
   detail::ring ring_;
   std::thread::id owner_;
@@ -139,6 +153,7 @@ private:
   std::mutex remote_mutex_;
   detail::cancel_scope* remote_head_ = nullptr;
   std::atomic<bool> remote_pending_{false};
+  detail::mailbox mailbox_;
 
   // Last member: destroyed first, after the destructor's body (frames gone,
   // every CQE reaped) and before the ring.
