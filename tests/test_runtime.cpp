@@ -491,9 +491,13 @@ TEST_CASE("a message posted while the target's loop stops still runs or is refus
   for (int round = 0; round < 20; ++round) {
     std::atomic<bool> go{true};
     test_support::joining_thread poster([&] {
-      while (go)
+      // Bounded: the context may not be running to take them.
+      for (int i = 0; go && i < 5000; ++i) {
         if (post(rt.context(1), [&ran] { ran.fetch_add(1); }))
           accepted.fetch_add(1);
+        if (i % 64 == 0)
+          std::this_thread::sleep_for(10us);
+      }
     });
     rt.run([&]() -> task<void> { co_await sleep_for(rt.context(0), 2ms); }());
     go = false;
@@ -534,7 +538,7 @@ TEST_CASE("a stream can be released and adopted by another context") {
     unique_fd fd = s->release();
     check(fd.get() >= 0 && !s->is_open(), "released");
     auto r0 = co_await s->read(std::span<std::byte>());
-    check(r0.error() == std::errc::bad_file_descriptor, "released stream is moved-from");
+    check(!r0 && r0.error() == std::errc::operation_canceled, "a released stream is as if closed");
     co_await switch_to(rt.context(1));
     tcp_stream adopted(rt.context(1), fd.release());
     auto w = co_await adopted.write_all(test_support::bytes("hello"));

@@ -166,7 +166,7 @@ public:
   bool is_open() const noexcept { return handle_.is_open(); }
   // Gives the descriptor up without closing it, so that another context can
   // adopt it (runtime.hpp hands connections over this way); the stream is
-  // then as if moved from. std::logic_error while an operation is in flight.
+  // then as if closed. std::logic_error while an operation is in flight.
   unique_fd release() { return unique_fd(handle_.release()); }
   // The descriptor, or -1 once closed. Use it for socket options; closing it
   // yourself breaks the guarantees above.

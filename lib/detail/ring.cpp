@@ -303,6 +303,11 @@ object_state* ring::open_object(int fd) {
   return s;
 }
 
+void throw_wrong_thread() {
+  throw std::logic_error("couring: an operation started on another thread than its io_context's "
+                         "(objects belong to the context that created them; switch_to it first)");
+}
+
 int ring::release_object(object_state* s) {
   if (s->in_flight != 0 || s->read_side.active != nullptr || s->write_side.active != nullptr ||
       s->read_side.first_waiting != nullptr || s->write_side.first_waiting != nullptr)

@@ -15,7 +15,6 @@
 
 #include <cerrno>
 #include <coroutine>
-#include <stdexcept>
 #include <utility>
 
 #include <couring/detail/cancel_scope.hpp>
@@ -72,15 +71,7 @@ public:
   // false when it completed without being submitted (its object is closed,
   // or its scope was already cancelled) and the caller goes on.
   bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
-#ifndef NDEBUG
-    // Objects belong to the context that created them (its ring is
-    // single-issuer and unsynchronised). Debug builds only: a release build
-    // pays nothing for it.
-    if (this->owner_ring != nullptr && !this->owner_ring->on_owner_thread()) [[unlikely]]
-      throw std::logic_error("couring: an operation started on another thread than its "
-                             "io_context's (objects belong to the context that created them; "
-                             "use switch_to to get there)");
-#endif
+    check_owner_thread(this->owner_ring);
     this->scope = s;
     if (on_object_ && (this->object == nullptr || this->object->closed ||
                        this->object->generation != generation_)) {

@@ -350,6 +350,17 @@ private:
   object_state* released_ = nullptr;
 };
 
+[[noreturn]] void throw_wrong_thread();
+// Objects belong to the context that created them (its ring is single-issuer
+// and unsynchronised): starting an operation from another thread is a
+// std::logic_error. Debug builds only: a release build pays nothing for it.
+inline void check_owner_thread([[maybe_unused]] const ring* r) {
+#ifndef NDEBUG
+  if (r != nullptr && !r->on_owner_thread()) [[unlikely]]
+    throw_wrong_thread();
+#endif
+}
+
 // What every I/O object (stream, listener, ...) holds: its ring and its state
 // record. Moving the object moves the handle; closing (or destroying) it hands
 // the record back to the ring, which closes the descriptor once nothing runs
