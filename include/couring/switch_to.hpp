@@ -62,7 +62,8 @@ public:
       static_cast<switch_to_awaitable*>(m)->waiter_.resume();
     };
     // The frame is destroyed by whoever owns it, after every context drained.
-    this->abandon = [](message*) noexcept {};
+    this->abandon = [](message*) noexcept {
+    };
     // Nothing of *this may be touched once it is sent: the target may
     // resume the coroutine at once.
     if (!detail::send_message(*this->target, this))
@@ -90,7 +91,9 @@ struct spawn_message : message {
       }
       delete self;
     };
-    abandon = [](message* m) noexcept { delete static_cast<spawn_message*>(m); };
+    abandon = [](message* m) noexcept {
+      delete static_cast<spawn_message*>(m);
+    };
   }
   task<void> work;
 };

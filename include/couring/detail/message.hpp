@@ -76,8 +76,8 @@ public:
       if (old == closed_sentinel())
         return push_result::refused;
       m->next = old;
-    } while (!head_.compare_exchange_weak(old, m, std::memory_order_release,
-                                          std::memory_order_relaxed));
+    } while (
+        !head_.compare_exchange_weak(old, m, std::memory_order_release, std::memory_order_relaxed));
     // Only the push onto an empty stack needs to wake the consumer: every
     // later one finds the stack non-empty until the consumer takes it, and
     // it takes it after that wake-up.
