@@ -80,7 +80,8 @@ spawned_frame spawn_wrapper(io_context& ctx, task<void> t) {
   } catch (...) {
     error = std::current_exception();
   }
-  co_await switch_to(ctx);
+  if (!ctx.ring().on_owner_thread())
+    co_await switch_to(ctx);
   if (error)
     std::rethrow_exception(error);
 }
