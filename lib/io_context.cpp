@@ -181,6 +181,17 @@ bool io_context::push_message(detail::message* m) noexcept {
   return true;
 }
 
+void io_context::flush_outbox() noexcept {
+  detail::message* m = std::exchange(outbox_head_, nullptr);
+  outbox_tail_ = nullptr;
+  while (m != nullptr) {
+    detail::message* next = m->next; // m belongs to the target once sent
+    if (!detail::send_message(*m->target, m))
+      m->abandon(m); // the target shut down meanwhile (see switch_to.hpp)
+    m = next;
+  }
+}
+
 bool io_context::run_messages() noexcept {
   if (mailbox_.empty())
     return false;
@@ -314,6 +325,7 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
     ~running_guard() {
       current_context = outer;
       self->ring_.set_running(false);
+      self->flush_outbox();
       self->ring_.submit_now(); // cancels of objects closed on the way out
     }
   } guard{this, outer};
@@ -349,6 +361,7 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
                : "couring: run(): spawned tasks are suspended, but no operation is in "
                  "flight that could resume them (deadlock)");
     }
+    flush_outbox();
     ring_.enter(idle);
     ring_.reap();
   }

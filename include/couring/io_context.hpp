@@ -110,6 +110,14 @@ public:
   // once the context no longer takes any (it is shutting down).
   bool push_message(detail::message* m) noexcept;
   bool accepts_messages() const noexcept { return !mailbox_.closed(); }
+  // Sends m at the end of this loop turn, once the stack that suspended the
+  // coroutine has unwound (a task started inline is still on it, and the
+  // target may resume the coroutine at once). Owner thread only.
+  void defer_message(detail::message* m) noexcept {
+    m->next = nullptr;
+    (outbox_tail_ != nullptr ? outbox_tail_->next : outbox_head_) = m;
+    outbox_tail_ = m;
+  }
   // For runtime: keeps run() going while no operation is pending (messages
   // from other threads can still arrive), and the teardown in three steps
   // (every context of a runtime drains before any frame is destroyed: a
@@ -131,6 +139,7 @@ private:
   static void on_wakeup(detail::operation* op) noexcept;
   void process_remote_cancels() noexcept;
   bool run_messages() noexcept;
+  void flush_outbox() noexcept;
 
   detail::ring ring_;
   std::thread::id owner_;
@@ -154,6 +163,8 @@ private:
   detail::cancel_scope* remote_head_ = nullptr;
   std::atomic<bool> remote_pending_{false};
   detail::mailbox mailbox_;
+  detail::message* outbox_head_ = nullptr;
+  detail::message* outbox_tail_ = nullptr;
 
   // Last member: destroyed first, after the destructor's body (frames gone,
   // every CQE reaped) and before the ring.

@@ -64,9 +64,14 @@ public:
     // The frame is destroyed by whoever owns it, after every context drained.
     this->abandon = [](message*) noexcept {
     };
-    // Nothing of *this may be touched once it is sent: the target may
-    // resume the coroutine at once.
-    if (!detail::send_message(*this->target, this))
+    if (!this->target->accepts_messages())
+      throw std::logic_error("couring: switch_to a context that is shut down");
+    // Sent at the end of this loop turn: the target may resume the
+    // coroutine at once, and the stack that suspended it (a task started
+    // inline) must have unwound by then.
+    if (io_context* here = io_context::current())
+      here->defer_message(this);
+    else if (!detail::send_message(*this->target, this))
       throw std::logic_error("couring: switch_to a context that is shut down");
   }
   void await_resume() const noexcept {}
