@@ -383,4 +383,11 @@ pool_args=()
 "$script_dir/pool_bench.sh" "$server_dir" "${pool_args[@]}" || failed=1
 
 echo "total time: $((SECONDS - start_time)) s"
+# Every core: echo_server --threads 1 and 2, and the cross-context hand-off.
+if [[ -x $script_dir/threads_bench.sh ]]; then
+  threads_args=()
+  ((quick)) && threads_args+=(--quick)
+  "$script_dir/threads_bench.sh" "$server_dir" "${threads_args[@]}" || failed=1
+fi
+
 exit "$failed"

@@ -7,6 +7,16 @@
 //   echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] [--grace SECONDS] [--udp]
 //               [--unix PATH]
 //
+//   echo_server PORT --threads N [--reuseport | --handoff] [--pool COUNT] [--address ADDR]
+//               [--buffer BYTES]
+//
+// --threads N serves TCP on N threads, one io_context each (couring::runtime):
+// with --reuseport (the default) every context has its own SO_REUSEPORT
+// listener and the kernel spreads connections; with --handoff one listener on
+// context 0 hands connections to the contexts round-robin. N = 0: one thread
+// per CPU the process may use. With --pool each context has its own pool (a
+// pool belongs to one ring).
+//
 // --pool: connections hold no buffer of their own; the kernel picks one
 // from a shared pool of COUNT buffers when data arrives (stream::receive,
 // a multishot receive into a provided buffer ring), so memory grows with
@@ -25,8 +35,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
+#include <pthread.h>
 #include <sys/resource.h>
 
 #include <couring/couring.hpp>
@@ -171,6 +183,116 @@ couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l, buf
     (void)co_await couring::sleep_for(ctx, 1ms);
 }
 
+// --- --threads: the same connections, on every core -------------------------
+
+struct per_context {
+  couring::tcp_listener listener; // --reuseport: this context's own
+  connection_list live;
+  std::optional<couring::buffer_pool> pool; // --pool: this context's own
+  bool serving = false;
+};
+
+std::size_t context_index(couring::runtime& rt) {
+  for (std::size_t i = 0; i < rt.size(); ++i)
+    if (couring::io_context::current() == &rt.context(i))
+      return i;
+  return 0;
+}
+
+// --handoff: a connection adopted by the context it was handed to.
+struct handed_connection {
+  couring::runtime* rt;
+  std::vector<per_context>* contexts;
+  std::size_t buffer_size;
+  couring::task<void> operator()(couring::tcp_stream stream) const {
+    per_context& here = (*contexts)[context_index(*rt)];
+    return connection(std::move(stream), buffers{buffer_size, here.pool ? &*here.pool : nullptr},
+                      here.live);
+  }
+};
+
+couring::task<void> serve_threaded(couring::runtime& rt, couring::endpoint ep, bool handoff,
+                                   std::size_t buffer_size, std::size_t pool_count,
+                                   std::chrono::milliseconds grace) {
+  using namespace std::chrono_literals;
+  couring::io_context& home = rt.context(0);
+  couring::signal_set signals(home, {SIGINT, SIGTERM}); // blocked in every thread by main
+  std::vector<per_context> contexts(rt.size());
+  // Each context's pool is made on its own thread (a pool belongs to a ring).
+  for (std::size_t i = 0; pool_count != 0 && i < rt.size(); ++i) {
+    co_await couring::switch_to(rt.context(i));
+    contexts[i].pool.emplace(rt.context(i), pool_count, buffer_size);
+  }
+  co_await couring::switch_to(home);
+  // Context 0's listener first: it picks the port (0) that the others share.
+  auto first = couring::tcp_listener::bind(home, ep, {.reuse_port = !handoff});
+  if (!first)
+    throw std::system_error(first.error(), "cannot listen on " + ep.to_string());
+  contexts[0].listener = std::move(*first);
+  ep = contexts[0].listener.local_endpoint();
+  std::cout << "listening on " << ep.to_string() << " with " << rt.size() << " threads ("
+            << (handoff ? "handoff" : "reuseport") << ")" << std::endl;
+  auto serve_here = [&](std::size_t i) -> couring::task<void> {
+    per_context& me = contexts[i];
+    me.serving = true;
+    if (i != 0) {
+      auto l = couring::tcp_listener::bind(rt.context(i), ep, {.reuse_port = true});
+      if (!l)
+        throw std::system_error(l.error(), "cannot listen on " + ep.to_string());
+      me.listener = std::move(*l);
+    }
+    co_await serve(rt.context(i), me.listener, buffers{buffer_size, me.pool ? &*me.pool : nullptr},
+                   me.live);
+    me.serving = false;
+  };
+  auto hand_off = [&]() -> couring::task<void> {
+    contexts[0].serving = true;
+    (void)co_await couring::serve_round_robin(rt, contexts[0].listener,
+                                              handed_connection{&rt, &contexts, buffer_size});
+    contexts[0].serving = false;
+  };
+  if (handoff) {
+    home.spawn(hand_off());
+  } else {
+    for (std::size_t i = 0; i < rt.size(); ++i)
+      couring::spawn_on(rt.context(i), serve_here(i));
+  }
+  (void)co_await signals.wait();
+  // Each context closes its own listener, lets its connections finish
+  // within the grace period, then closes the rest (objects are touched only
+  // on the context they belong to).
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  for (std::size_t i = 0; i < rt.size(); ++i) {
+    co_await couring::switch_to(rt.context(i));
+    contexts[i].listener.close();
+  }
+  for (std::size_t i = 0; i < rt.size(); ++i) {
+    co_await couring::switch_to(rt.context(i));
+    couring::io_context& here = rt.context(i);
+    while (!contexts[i].live.empty() && std::chrono::steady_clock::now() < deadline)
+      (void)co_await couring::sleep_for(here, 10ms);
+    contexts[i].live.close_all();
+    for (int k = 0; k < 1000 && (!contexts[i].live.empty() || contexts[i].serving); ++k)
+      (void)co_await couring::sleep_for(here, 1ms);
+    contexts[i].pool.reset(); // on its own thread, after its connections
+  }
+  co_await couring::switch_to(home);
+}
+
+int run_threaded(const couring::endpoint& ep, unsigned long threads, bool handoff,
+                 std::size_t buffer_size, std::size_t pool_count, std::chrono::milliseconds grace) {
+  // Blocked before the runtime's threads start, so that they inherit the
+  // mask and only the signal_set on context 0 sees the signals.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  couring::runtime rt({.threads = static_cast<unsigned>(threads)});
+  rt.run(serve_threaded(rt, ep, handoff, buffer_size, pool_count, grace));
+  return 0;
+}
+
 void usage(std::FILE* out) {
   std::fputs("usage: echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] "
              "[--grace SECONDS] [--udp] [--unix PATH]\n"
@@ -186,6 +308,9 @@ void usage(std::FILE* out) {
              "  --udp            also echo UDP datagrams on the same port, each to its sender\n"
              "  --unix PATH      also serve a Unix stream socket at PATH (@name: abstract);\n"
              "                   a stale socket file there is replaced, removed on exit\n"
+             "  --threads N      serve TCP on N threads, one io_context each (0: one per CPU)\n"
+             "  --reuseport      with --threads: a SO_REUSEPORT listener per thread (default)\n"
+             "  --handoff        with --threads: one acceptor hands connections round-robin\n"
              "  SIGINT/SIGTERM stop the server cleanly (exit status 0).\n",
              out);
 }
@@ -201,6 +326,8 @@ int main(int argc, char** argv) {
   std::string_view port_text, address = "127.0.0.1";
   unsigned long buffer_size = 0; // 0: the default for the mode
   unsigned long pool_count = 0;
+  bool threaded = false, handoff = false;
+  unsigned long threads = 0;
   unsigned long grace_seconds = 2;
   bool udp = false;
   std::string unix_path;
@@ -212,11 +339,19 @@ int main(int argc, char** argv) {
     }
     if (arg == "--udp") {
       udp = true;
+    } else if (arg == "--reuseport" || arg == "--handoff") {
+      handoff = arg == "--handoff";
     } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix" ||
-                arg == "--pool") &&
+                arg == "--pool" || arg == "--threads") &&
                i + 1 < argc) {
       std::string_view value = argv[++i];
-      if (arg == "--pool") {
+      if (arg == "--threads") {
+        threaded = true;
+        if (!parse_number(value, threads) || threads > 1024) {
+          std::cerr << "echo_server: bad --threads '" << value << "'\n";
+          return 2;
+        }
+      } else if (arg == "--pool") {
         if (!parse_number(value, pool_count) || pool_count == 0 || pool_count > 32768) {
           std::cerr << "echo_server: bad --pool '" << value << "' (1..32768)\n";
           return 2;
@@ -261,7 +396,14 @@ int main(int argc, char** argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
 
+  if (threaded && (udp || !unix_path.empty())) {
+    std::cerr << "echo_server: --threads serves TCP only (no --udp, --unix)\n";
+    return 2;
+  }
   try {
+    if (threaded)
+      return run_threaded(*ep, threads, handoff, buffer_size, pool_count,
+                          std::chrono::seconds(grace_seconds));
     couring::io_context ctx;
     // Blocked in this (the only) thread before anything else can start one.
     couring::signal_set signals(ctx, {SIGINT, SIGTERM});

@@ -1,4 +1,5 @@
-// A static-file HTTP/1.1 server on one io_context: GET and HEAD, keep-alive
+// A static-file HTTP/1.1 server on one io_context (or one per thread with
+// --threads N): GET and HEAD, keep-alive
 // and pipelining, Last-Modified / If-Modified-Since, single byte ranges, and
 // bodies sent with couring::send_file (small ones read into the response
 // buffer and sent with the head in one write). One coroutine per
@@ -21,6 +22,7 @@
 // SIGINT/SIGTERM: stop accepting, close idle keep-alive connections, let the
 // requests in flight finish within the grace period, close the rest, exit 0.
 
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <csignal>
@@ -32,9 +34,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <vector>
 
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -495,10 +500,9 @@ couring::task<void> accept_loop(server& srv, couring::tcp_listener& listener) {
   }
 }
 
-couring::task<void> run_until_signal(server& srv, couring::tcp_listener& listener,
-                                     couring::signal_set& signals) {
-  srv.ctx.spawn(accept_loop(srv, listener));
-  (void)co_await signals.wait();
+// Stops one server in order: no new connections, requests in flight get the
+// grace period, then everything is closed.
+couring::task<void> drain_and_close(server& srv, couring::tcp_listener& listener) {
   srv.stopping = true;
   listener.close(); // new connections are refused from now on
   srv.live.close_idle();
@@ -510,6 +514,53 @@ couring::task<void> run_until_signal(server& srv, couring::tcp_listener& listene
   srv.live.close_all();
   for (int i = 0; i < 1000 && (!srv.live.empty() || srv.refusing > 0); ++i)
     (void)co_await couring::sleep_for(srv.ctx, 1ms);
+}
+
+couring::task<void> run_until_signal(server& srv, couring::tcp_listener& listener,
+                                     couring::signal_set& signals) {
+  srv.ctx.spawn(accept_loop(srv, listener));
+  (void)co_await signals.wait();
+  co_await drain_and_close(srv, listener);
+}
+
+// --threads N: a server per context (its own root descriptor, connection
+// list and SO_REUSEPORT listener on the same port); the kernel spreads the
+// connections. Each context's objects are made, used and closed there.
+couring::task<void> run_threaded(couring::runtime& rt, const options& opt, couring::endpoint ep,
+                                 int root_fd) {
+  couring::io_context& home = rt.context(0);
+  couring::signal_set signals(home, {SIGINT, SIGTERM}); // blocked in every thread by main
+  std::vector<std::unique_ptr<server>> servers(rt.size());
+  std::vector<couring::tcp_listener> listeners(rt.size());
+  for (std::size_t i = 0; i < rt.size(); ++i) {
+    couring::io_context& ctx = rt.context(i);
+    co_await couring::switch_to(ctx);
+    const int fd = ::fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+      throw std::system_error(errno, std::system_category(), "dup of the root descriptor");
+    servers[i].reset(new server{ctx, couring::file(ctx, fd), opt, {}, 0, false, {}});
+    auto l = couring::tcp_listener::bind(ctx, ep, {.reuse_port = true});
+    if (!l)
+      throw std::system_error(l.error(), "cannot listen on " + ep.to_string());
+    listeners[i] = std::move(*l);
+    ep = listeners[i].local_endpoint(); // port 0: the one context 0 got, for the others
+    ctx.spawn(accept_loop(*servers[i], listeners[i]));
+  }
+  co_await couring::switch_to(home);
+  std::cout << "listening on " << ep.to_string() << " with " << rt.size() << " threads"
+            << std::endl;
+  (void)co_await signals.wait();
+  std::atomic<std::size_t> stopped{0};
+  auto stop_one = [&](std::size_t i) -> couring::task<void> {
+    co_await drain_and_close(*servers[i], listeners[i]);
+    servers[i].reset(); // closes the root descriptor where it belongs
+    listeners[i] = couring::tcp_listener();
+    stopped.fetch_add(1);
+  };
+  for (std::size_t i = 0; i < rt.size(); ++i)
+    couring::spawn_on(rt.context(i), stop_one(i));
+  while (stopped.load() < rt.size())
+    (void)co_await couring::sleep_for(home, 5ms);
 }
 
 void usage(std::FILE* out) {
@@ -527,6 +578,8 @@ void usage(std::FILE* out) {
              "                          larger ones with send_file (default 65536)\n"
              "  --grace SECONDS         on SIGINT/SIGTERM, how long requests in flight may go on\n"
              "                          (default 2)\n"
+             "  --threads N             serve on N threads, one io_context and SO_REUSEPORT\n"
+             "                          listener each (0: one per CPU; default: 1, no runtime)\n"
              "  SIGINT/SIGTERM stop the server cleanly (exit status 0).\n",
              out);
 }
@@ -550,6 +603,8 @@ bool parse_size(std::string_view s, std::size_t& out) {
 
 int main(int argc, char** argv) {
   options opt;
+  std::size_t threads = 1;
+  bool threaded = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -574,6 +629,8 @@ int main(int argc, char** argv) {
       ok = parse_seconds(value, opt.grace);
     else if (arg == "--max-connections")
       ok = parse_size(value, opt.max_connections) && opt.max_connections > 0;
+    else if (arg == "--threads")
+      ok = (threaded = true) && parse_size(value, threads) && threads <= 1024;
     else if (arg == "--small-file-max")
       ok = parse_size(value, opt.small_file_max) && opt.small_file_max <= (16u << 20);
     else
@@ -606,6 +663,25 @@ int main(int argc, char** argv) {
     std::cerr << "http_file_server: cannot open --root " << opt.root << ": " << std::strerror(errno)
               << '\n';
     return 1;
+  }
+  if (threaded) {
+    try {
+      // Blocked before the runtime's threads start: they inherit the mask,
+      // and only the signal_set on context 0 takes the signals.
+      sigset_t mask;
+      sigemptyset(&mask);
+      sigaddset(&mask, SIGINT);
+      sigaddset(&mask, SIGTERM);
+      pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+      couring::runtime rt({.threads = static_cast<unsigned>(threads)});
+      rt.run(run_threaded(rt, opt, *ep, root_fd));
+    } catch (const std::exception& e) {
+      std::cerr << "http_file_server: " << e.what() << '\n';
+      ::close(root_fd);
+      return 1;
+    }
+    ::close(root_fd);
+    return 0;
   }
   try {
     couring::io_context ctx;

@@ -1,4 +1,5 @@
 #include <couring/io_context.hpp>
+#include <couring/switch_to.hpp>
 
 #include <cstdio>
 #include <stdexcept>
@@ -70,8 +71,19 @@ private:
 };
 
 namespace {
-spawned_frame spawn_wrapper(io_context&, task<void> t) {
-  co_await std::move(t);
+spawned_frame spawn_wrapper(io_context& ctx, task<void> t) {
+  // A task that switched to another context (switch_to.hpp) comes back
+  // before it ends: the context's list of spawned tasks is its own thread's.
+  std::exception_ptr error;
+  try {
+    co_await std::move(t);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  if (!ctx.ring().on_owner_thread())
+    co_await switch_to(ctx);
+  if (error)
+    std::rethrow_exception(error);
 }
 } // namespace
 
@@ -109,7 +121,32 @@ io_context::~io_context() {
     ::close(wake_fd_);
     return;
   }
+  close_mailbox();
+  drain_for_teardown();
+  destroy_frames();
+  ::close(wake_fd_);
+}
+
+void io_context::close_mailbox() noexcept {
+  for (detail::message* m = mailbox_.close(); m != nullptr;) {
+    detail::message* next = m->next;
+    m->abandon(m);
+    m = next;
+  }
+}
+
+void io_context::drain_for_teardown() noexcept {
+  if (ring_.foreign() || ring_.broken())
+    return;
+  // Messages other rings posted before their loops ended are abandoned
+  // (draining), then everything in flight is cancelled and reaped.
   ring_.drain();
+  ring_.flush_completions();
+}
+
+void io_context::destroy_frames() noexcept {
+  if (ring_.foreign() || ring_.broken())
+    return;
   if (ring_.pending() == 0) {
     // Every CQE is in: destroying the frames can no longer race the kernel.
     // Objects they own close at once (nothing is in flight on them).
@@ -118,14 +155,52 @@ io_context::~io_context() {
       p->unlink();
       std::coroutine_handle<detail::spawned_promise>::from_promise(*p).destroy();
     }
-  } else {
+  } else if (spawned_head_ != nullptr) {
     // Some request ignored cancellation for seconds. Freeing its frame would
     // let the kernel write into freed memory later, so leak it instead.
+    spawned_head_ = nullptr;
     std::fputs("couring: io_context destroyed with operations that could not be "
                "cancelled; their coroutine frames are leaked on purpose\n",
                stderr);
   }
-  ::close(wake_fd_);
+}
+
+bool io_context::push_message(detail::message* m) noexcept {
+  m->target = this;
+  switch (mailbox_.push(m)) {
+  case detail::mailbox::push_result::refused:
+    return false;
+  case detail::mailbox::push_result::accepted_first: {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+    break;
+  }
+  case detail::mailbox::push_result::accepted:
+    break;
+  }
+  return true;
+}
+
+void io_context::flush_outbox() noexcept {
+  detail::message* m = std::exchange(outbox_head_, nullptr);
+  outbox_tail_ = nullptr;
+  while (m != nullptr) {
+    detail::message* next = m->next; // m belongs to the target once sent
+    if (!detail::send_message(*m->target, m))
+      m->abandon(m); // the target shut down meanwhile (see switch_to.hpp)
+    m = next;
+  }
+}
+
+bool io_context::run_messages() noexcept {
+  if (mailbox_.empty())
+    return false;
+  for (detail::message* m = mailbox_.take(); m != nullptr;) {
+    detail::message* next = m->next; // m may be gone once delivered
+    m->deliver(m);
+    m = next;
+  }
+  return true;
 }
 
 void io_context::arm_wakeup() {
@@ -250,6 +325,7 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
     ~running_guard() {
       current_context = outer;
       self->ring_.set_running(false);
+      self->flush_outbox();
       self->ring_.submit_now(); // cancels of objects closed on the way out
     }
   } guard{this, outer};
@@ -263,6 +339,9 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
       ring_.run_posted();
     }
     process_remote_cancels();
+    // Messages from other threads: what they resume runs now, what they
+    // spawn on the next turn (which then does not block).
+    run_messages();
     const bool stop = stop_requested_.load(std::memory_order_acquire);
     if (root) {
       if (root.done())
@@ -282,6 +361,7 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
                : "couring: run(): spawned tasks are suspended, but no operation is in "
                  "flight that could resume them (deadlock)");
     }
+    flush_outbox();
     ring_.enter(idle);
     ring_.reap();
   }

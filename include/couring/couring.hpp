@@ -11,12 +11,14 @@
 #include <couring/nop.hpp>
 #include <couring/pipe.hpp>
 #include <couring/resolve.hpp>
+#include <couring/runtime.hpp>
 #include <couring/result.hpp>
 #include <couring/send_file.hpp>
 #include <couring/signal_set.hpp>
 #include <couring/sleep.hpp>
 #include <couring/stop.hpp>
 #include <couring/stream.hpp>
+#include <couring/switch_to.hpp>
 #include <couring/task.hpp>
 #include <couring/tcp_listener.hpp>
 #include <couring/tcp_stream.hpp>

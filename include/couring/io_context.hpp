@@ -106,6 +106,27 @@ public:
   void request_cancel(detail::cancel_scope* scope) noexcept;
   // Drops a queued request for scope (its owner is going away).
   void forget_cancel(detail::cancel_scope* scope) noexcept;
+  // Cross-context messages through the mailbox (detail/message.hpp): false
+  // once the context no longer takes any (it is shutting down).
+  bool push_message(detail::message* m) noexcept;
+  bool accepts_messages() const noexcept { return !mailbox_.closed(); }
+  // Sends m at the end of this loop turn, once the stack that suspended the
+  // coroutine has unwound (a task started inline is still on it, and the
+  // target may resume the coroutine at once). Owner thread only.
+  void defer_message(detail::message* m) noexcept {
+    m->next = nullptr;
+    (outbox_tail_ != nullptr ? outbox_tail_->next : outbox_head_) = m;
+    outbox_tail_ = m;
+  }
+  // For runtime: keeps run() going while no operation is pending (messages
+  // from other threads can still arrive), and the teardown in three steps
+  // (every context of a runtime drains before any frame is destroyed: a
+  // frame may hold objects of several contexts).
+  void keep_alive(int delta) noexcept { ring_.count_parked(delta); }
+  void clear_stop() noexcept { stop_requested_.store(false, std::memory_order_relaxed); }
+  void close_mailbox() noexcept; // abandons what is queued; later pushes fail
+  void drain_for_teardown() noexcept;
+  void destroy_frames() noexcept;
   // The resolver's per-context state (lib/resolve.cpp); empty until first use.
   std::unique_ptr<detail::context_service>& resolver_slot() noexcept { return resolver_; }
 
@@ -117,6 +138,8 @@ private:
   void arm_wakeup();
   static void on_wakeup(detail::operation* op) noexcept;
   void process_remote_cancels() noexcept;
+  bool run_messages() noexcept;
+  void flush_outbox() noexcept;
 
   detail::ring ring_;
   std::thread::id owner_;
@@ -139,6 +162,9 @@ private:
   std::mutex remote_mutex_;
   detail::cancel_scope* remote_head_ = nullptr;
   std::atomic<bool> remote_pending_{false};
+  detail::mailbox mailbox_;
+  detail::message* outbox_head_ = nullptr;
+  detail::message* outbox_tail_ = nullptr;
 
   // Last member: destroyed first, after the destructor's body (frames gone,
   // every CQE reaped) and before the ring.

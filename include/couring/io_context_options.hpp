@@ -25,6 +25,13 @@ struct io_context_options {
   bool register_ring_fd = true; // io_uring_register_ring_fd, where the kernel allows it
   bool multishot_accept = true; // tcp_listener uses multishot accept where supported
   couring::backend backend = couring::backend::automatic;
+  // Share the kernel's async worker pool with the ring whose descriptor this
+  // is (IORING_SETUP_ATTACH_WQ; runtime sets it). -1: a pool of its own. A
+  // kernel that refuses gets a ring of its own, silently.
+  int attach_wq_fd = -1;
+  // Cross-context messages into and out of this context always take the
+  // eventfd path, never IORING_OP_MSG_RING (tests; see switch_to.hpp).
+  bool message_fallback = false;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).
@@ -32,6 +39,7 @@ struct io_context_features {
   unsigned setup_flags = 0;     // IORING_SETUP_* actually in force (0 on epoll)
   unsigned kernel_features = 0; // io_uring_params::features (0 on epoll)
   bool ring_fd_registered = false;
+  bool wq_attached = false; // io_context_options::attach_wq_fd was honoured
   unsigned sq_entries = 0;
   unsigned cq_entries = 0;
   // The backend that runs (never automatic), and why it was chosen: the

@@ -42,6 +42,7 @@
 #include <couring/error.hpp>
 #include <couring/io_context.hpp>
 #include <couring/result.hpp>
+#include <couring/unique_fd.hpp>
 
 namespace couring {
 
@@ -174,6 +175,10 @@ public:
   void close() noexcept { handle_.close(); }
 
   bool is_open() const noexcept { return handle_.is_open(); }
+  // Gives the descriptor up without closing it, so that another context can
+  // adopt it (runtime.hpp hands connections over this way); the stream is
+  // then as if closed. std::logic_error while an operation is in flight.
+  unique_fd release() { return unique_fd(handle_.release()); }
   // The descriptor, or -1 once closed. Use it for socket options; closing it
   // yourself breaks the guarantees above.
   int native_handle() const noexcept { return handle_.fd(); }

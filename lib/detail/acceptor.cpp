@@ -77,6 +77,7 @@ bool accept_waiter::await_ready() noexcept {
 }
 
 bool accept_waiter::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+  check_owner_thread(this->owner_ring);
   this->scope = s;
   if (acceptor_ == nullptr) {
     this->res = closed_listener_error(this->owner_ring);

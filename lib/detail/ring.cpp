@@ -187,7 +187,20 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
     io_uring_params params{};
     params.flags = flags;
     params.cq_entries = cq;
-    const int e = io_uring_queue_init_params(sq, &ring_, &params);
+    int e = -EINVAL;
+    if (options.attach_wq_fd >= 0) {
+      params.flags |= IORING_SETUP_ATTACH_WQ;
+      params.wq_fd = static_cast<__u32>(options.attach_wq_fd);
+      e = io_uring_queue_init_params(sq, &ring_, &params);
+      features_.wq_attached = e == 0;
+      if (e != 0) { // refused (another process's ring, an old kernel): a pool of its own
+        params = io_uring_params{};
+        params.flags = flags;
+        params.cq_entries = cq;
+      }
+    }
+    if (e != 0)
+      e = io_uring_queue_init_params(sq, &ring_, &params);
     if (e == 0) {
       features_.kernel_features = params.features;
       features_.sq_entries = params.sq_entries;
@@ -208,6 +221,10 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
   bool kernel_519 = false;
   if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
     kernel_519 = io_uring_opcode_supported(probe, IORING_OP_SOCKET) != 0;
+    // Cross-context messages skip the sender's success CQE (5.17+).
+    msg_ring_ = !options.message_fallback &&
+                io_uring_opcode_supported(probe, IORING_OP_MSG_RING) != 0 &&
+                (features_.kernel_features & IORING_FEAT_CQE_SKIP) != 0;
     io_uring_free_probe(probe);
   }
   if (!kernel_519) {
@@ -407,6 +424,24 @@ object_state* ring::open_object(int fd) {
   s->read_side = {};
   s->write_side = {};
   return s;
+}
+
+void throw_wrong_thread() {
+  throw std::logic_error("couring: an operation started on another thread than its io_context's "
+                         "(objects belong to the context that created them; switch_to it first)");
+}
+
+int ring::release_object(object_state* s) {
+  if (s->in_flight != 0 || s->read_side.active != nullptr || s->write_side.active != nullptr ||
+      s->read_side.first_waiting != nullptr || s->write_side.first_waiting != nullptr)
+    throw std::logic_error("couring: release() of an object with an operation in flight");
+  const int fd = s->fd;
+  s->closed = true;
+  s->fd = -1;
+  ++s->generation; // awaitables made before no longer match
+  s->next_free = released_;
+  released_ = s;
+  return fd;
 }
 
 object_handle::object_handle(ring& r, int fd) : ring_(&r) {

@@ -71,6 +71,7 @@ public:
   // false when it completed without being submitted (its object is closed,
   // or its scope was already cancelled) and the caller goes on.
   bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+    check_owner_thread(this->owner_ring);
     this->scope = s;
     if (on_object_ && (this->object == nullptr || this->object->closed ||
                        this->object->generation != generation_)) {

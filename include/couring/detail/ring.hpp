@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include <linux/time_types.h>
 
 #include <couring/detail/cancel_scope.hpp>
+#include <couring/detail/message.hpp>
 #include <couring/io_context_options.hpp>
 
 namespace couring {
@@ -153,6 +155,13 @@ public:
   int unregister_buffers();
   // A sparse direct-descriptor table: -EOPNOTSUPP on epoll (use plain fds).
   int register_files_sparse(unsigned n);
+  // The ring's descriptor (-1 when the ring is not an io_uring), the target
+  // of another ring's IORING_OP_MSG_RING.
+  int ring_fd() const noexcept { return ring_.ring_fd; }
+  // This ring can send IORING_OP_MSG_RING (with its success CQE skipped).
+  bool can_send_messages() const noexcept { return msg_ring_; }
+  // The thread that created the ring: the only one that may submit to it.
+  bool on_owner_thread() const noexcept { return std::this_thread::get_id() == owner_; }
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -185,6 +194,12 @@ public:
   }
   // IORING_OP_ASYNC_CANCEL for op; op still completes through its own CQE.
   void cancel(operation* op) noexcept;
+  // Prepares an IORING_OP_MSG_RING that posts m into the ring whose
+  // descriptor is target_fd (throws when no SQE can be had).
+  void send_message(int target_fd, message* m);
+  // Runs the deferred task work and reaps what it posted (teardown: the
+  // messages other rings sent before their loops ended).
+  void flush_completions() noexcept;
   // Hands the prepared SQEs to the kernel now (used outside the loop).
   void submit_now() noexcept;
   // One io_uring_enter: submit, and wait for a completion if block.
@@ -235,6 +250,9 @@ public:
   // --- I/O objects ----------------------------------------------------------
   // A state record for fd (owned from now on).
   object_state* open_object(int fd);
+  // Gives s's descriptor up without closing it and recycles the record
+  // (std::logic_error while an operation is in flight or waiting on it).
+  int release_object(object_state* s);
   enum class close_mode { stream, listener };
   // Marks the record closed, ends its waiting operations with ECANCELED,
   // cancels its requests in flight, and closes the descriptor once the last
@@ -274,7 +292,11 @@ private:
     // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG. One compare for both.
     if (ud + 1 <= 1)
       return;
-    if (ud & link_timeout_tag) [[unlikely]] {
+    if (ud & (link_timeout_tag | message_tag)) [[unlikely]] {
+      if (ud & message_tag) {
+        on_message(ud, res); // not a request of ours: pending_ never counted it
+        return;
+      }
       auto* op = reinterpret_cast<operation*>(ud & ~link_timeout_tag);
       op->link_timeout_res = res;
       --pending_;
@@ -310,6 +332,7 @@ private:
     }
   }
 
+  void on_message(std::uint64_t ud, int res) noexcept;
   io_uring_sqe* get_sqe_slow();
   void flush_full_sq(unsigned wanted);
   void attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept;
@@ -328,6 +351,8 @@ private:
   io_context_features features_{};
   unsigned fork_generation_ = 0;
   bool multishot_accept_ = false;
+  bool msg_ring_ = false;
+  std::thread::id owner_ = std::this_thread::get_id();
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;
@@ -346,6 +371,17 @@ private:
   object_state* free_ = nullptr;
   object_state* released_ = nullptr;
 };
+
+[[noreturn]] void throw_wrong_thread();
+// Objects belong to the context that created them (its ring is single-issuer
+// and unsynchronised): starting an operation from another thread is a
+// std::logic_error. Debug builds only: a release build pays nothing for it.
+inline void check_owner_thread([[maybe_unused]] const ring* r) {
+#ifndef NDEBUG
+  if (r != nullptr && !r->on_owner_thread()) [[unlikely]]
+    throw_wrong_thread();
+#endif
+}
 
 // What every I/O object (stream, listener, ...) holds: its ring and its state
 // record. Moving the object moves the handle; closing (or destroying) it hands
@@ -376,6 +412,15 @@ public:
   void close(ring::close_mode mode = ring::close_mode::stream) noexcept {
     if (state_ != nullptr)
       ring_->close_object(std::exchange(state_, nullptr), mode);
+  }
+
+  // Gives the descriptor up (the caller owns it now); see ring::release_object.
+  int release() {
+    if (state_ == nullptr)
+      return -1;
+    const int fd = ring_->release_object(state_);
+    state_ = nullptr;
+    return fd;
   }
 
   bool is_open() const noexcept { return state_ != nullptr; }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Every core: examples/echo_server --threads N under loadgen, then the
+# cross-context hand-off micro-benchmark (benchmarks/bench_handoff).
+#
+#   benchmarks/threads_bench.sh BUILD_DIR [--quick] [--threads "1 2"] [--connections "50 500"]
+#                                         [--server-cpus LIST] [--load-cpus LIST]
+#
+# For each thread count x connection count x mode (reuseport, and handoff for
+# N > 1) it starts echo_server PORT --threads N, runs loadgen (64-byte
+# ping-pong, 0.5 s warmup + 3 s, 1 s with --quick) and prints round trips per
+# second and the server's CPU time per round trip (all its threads). Server
+# CPU per round trip must not grow with threads; round trips per second show
+# the scaling -- on a machine with more cores than this 2-core one. There,
+# give the server N cores and the load generator others, e.g.
+#   benchmarks/threads_bench.sh build-release --threads "1 2 4 8" \
+#     --server-cpus 0-7 --load-cpus 8-15 --connections "500 2000"
+# (loadgen is one thread: when it saturates its core before the server does,
+# run several with a share of the connections each and add the rates up).
+set -uo pipefail
+dir=${1:?usage: threads_bench.sh BUILD_DIR [--quick] ...}
+shift
+threads="1 2"
+conns="50 500"
+duration=3
+server_cpus=""
+load_cpus=""
+while (($#)); do
+  case $1 in
+  --quick) duration=1 ;;
+  --threads) threads=$2; shift ;;
+  --connections) conns=$2; shift ;;
+  --server-cpus) server_cpus=$2; shift ;;
+  --load-cpus) load_cpus=$2; shift ;;
+  *) echo "threads_bench.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+server=$dir/examples/echo_server
+loadgen=$dir/benchmarks/loadgen
+[[ -x $server && -x $loadgen ]] || { echo "threads_bench.sh: build $server and $loadgen first" >&2; exit 2; }
+pin() { [[ -n $1 ]] && command -v taskset >/dev/null && echo "taskset -c $1"; }
+failed=0
+echo "== echo_server --threads: 64-byte round trips, ${duration} s per run" \
+  "(server CPUs: ${server_cpus:-any}, loadgen CPUs: ${load_cpus:-any})"
+printf '%-8s %-10s %6s %14s %18s\n' threads mode conns round_trips/s server_us/round_trip
+for n in $threads; do
+  modes=reuseport
+  ((n > 1)) && modes="reuseport handoff"
+  for mode in $modes; do
+    for c in $conns; do
+      log=$(mktemp /tmp/couring-threads.XXXXXX)
+      # shellcheck disable=SC2046
+      $(pin "$server_cpus") "$server" 0 --threads "$n" --"$mode" >"$log" 2>&1 &
+      pid=$!
+      port=""
+      for _ in $(seq 100); do
+        port=$(sed -n 's/^listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$log")
+        [[ -n $port ]] && break
+        sleep 0.05
+      done
+      if [[ -z $port ]]; then
+        echo "echo_server --threads $n did not start:" >&2
+        cat "$log" >&2
+        kill -KILL "$pid" 2>/dev/null
+        failed=1
+        continue
+      fi
+      # shellcheck disable=SC2046
+      line=$($(pin "$load_cpus") "$loadgen" --port "$port" --connections "$c" --size 64 \
+        --duration "$duration" --warmup 0.5 --server-pid "$pid" 2>&1 | tail -1)
+      kill -TERM "$pid"
+      wait "$pid" || { echo "echo_server --threads $n exited with an error" >&2; failed=1; }
+      rm -f "$log"
+      rate=$(sed -n 's/.*round_trips_per_sec=\([0-9.]*\).*/\1/p' <<<"$line")
+      cpu=$(sed -n 's/.*server_cpu_us_per_round_trip=\([0-9.]*\).*/\1/p' <<<"$line")
+      errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
+      [[ ${errors:-1} == 0 ]] || { echo "loadgen: $line" >&2; failed=1; }
+      printf '%-8s %-10s %6s %14s %18s\n' "$n" "$mode" "$c" "${rate:-?}" "${cpu:-?}"
+    done
+  done
+done
+if [[ -x $dir/benchmarks/bench_handoff ]]; then
+  echo "== cross-context hand-off (bench_handoff)"
+  rounds=200000
+  [[ $duration == 1 ]] && rounds=50000
+  "$dir/benchmarks/bench_handoff" "$rounds" || failed=1
+fi
+exit "$failed"
