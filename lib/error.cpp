@@ -12,6 +12,8 @@ public:
       return "end of stream before the requested number of bytes";
     case error::end_of_file:
       return "end of file before the requested range (the file is shorter, or shrank)";
+    case error::not_registered:
+      return "the buffer is not inside one buffer of the context's registered_buffers";
     }
     return "unknown couring error";
   }

@@ -2,6 +2,8 @@
 
 // How an io_context's ring is set up, and what the kernel accepted.
 
+#include <cstddef>
+
 namespace couring {
 
 struct io_context_options {
@@ -9,6 +11,11 @@ struct io_context_options {
   unsigned cq_entries = 0;      // 0: four times sq_entries
   bool register_ring_fd = true; // io_uring_register_ring_fd, where the kernel allows it
   bool multishot_accept = true; // tcp_listener uses multishot accept where supported
+  // stream::write_all sends the part of a buffer still to go with
+  // IORING_OP_SEND_ZC (no copy into the socket; the write completes only
+  // when the kernel has let go of the pages) while it is at least this many
+  // bytes; 0: never. Sockets only. See docs/design.md ("Zero-copy send").
+  std::size_t zero_copy_threshold = 0;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).

@@ -69,6 +69,16 @@ void prep_stream_transfer(io_uring_sqe* sqe, const object_state* s, Pointer data
   }
 }
 
+// IORING_OP_SEND_ZC of the whole rest (MSG_WAITALL: the kernel loops over
+// short sends itself, so a large buffer costs one request and one
+// notification). Its first CQE carries IORING_CQE_F_MORE; the buffer is the
+// kernel's until the notification CQE (transfer_all waits for it).
+inline void prep_zero_copy_send(io_uring_sqe* sqe, int fd, const std::byte* data,
+                                std::size_t len) noexcept {
+  const auto n = static_cast<unsigned>(std::min<std::size_t>(len, 0x7ffff000));
+  io_uring_prep_send_zc(sqe, fd, data, n, MSG_NOSIGNAL | MSG_WAITALL, 0);
+}
+
 // SIGPIPE from SIG_DFL to SIG_IGN, once per process (see the top of stream.hpp).
 void ignore_default_sigpipe() noexcept;
 } // namespace detail
@@ -128,6 +138,13 @@ public:
 
     template <class Pointer>
     void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
+      if constexpr (Sending) {
+        const std::size_t zc = this->owner_ring->zero_copy_threshold();
+        if (zc != 0 && len >= zc && !this->object->use_read_write) {
+          detail::prep_zero_copy_send(sqe, this->object->fd, data, len);
+          return;
+        }
+      }
       detail::prep_stream_transfer<Sending>(sqe, this->object, data, len);
     }
     static std::error_code early_end() noexcept { return make_error_code(error::end_of_stream); }

@@ -152,6 +152,7 @@ ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
                             "5.19 or newer (cancellation by descriptor, multishot accept)");
   }
   multishot_accept_ = options.multishot_accept;
+  zero_copy_threshold_ = options.zero_copy_threshold;
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
@@ -204,6 +205,14 @@ void ring::attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept {
   op->link_timeout_res = 0;
   ++op->outstanding;
   ++pending_;
+}
+
+int ring::register_buffers(const iovec* iov, unsigned count) noexcept {
+  return io_uring_register_buffers(&ring_, iov, count);
+}
+
+int ring::unregister_buffers() noexcept {
+  return io_uring_unregister_buffers(&ring_);
 }
 
 void ring::cancel(operation* op) noexcept {

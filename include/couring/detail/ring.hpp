@@ -138,6 +138,13 @@ public:
   io_context& context() const noexcept { return *ctx_; }
   const io_context_features& features() const noexcept { return features_; }
   bool multishot_accept_supported() const noexcept { return multishot_accept_; }
+  // io_context_options::zero_copy_threshold (0: off).
+  std::size_t zero_copy_threshold() const noexcept { return zero_copy_threshold_; }
+
+  // --- registrations (registered_buffers) -------------------------------------
+  // io_uring_register_buffers / io_uring_unregister_buffers: 0 or -errno.
+  int register_buffers(const iovec* iov, unsigned count) noexcept;
+  int unregister_buffers() noexcept;
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -306,6 +313,7 @@ private:
   io_context_features features_{};
   unsigned fork_generation_ = 0;
   bool multishot_accept_ = false;
+  std::size_t zero_copy_threshold_ = 0;
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;

@@ -58,6 +58,15 @@ public:
 private:
   static void step(operation* op) noexcept {
     auto* self = static_cast<transfer_all*>(static_cast<Derived*>(op));
+    if (op->cqe_flags & IORING_CQE_F_MORE) {
+      // A zero-copy send's result: the kernel still holds the pages until
+      // its notification CQE (IORING_CQE_F_NOTIF) comes, so nothing goes on
+      // -- no re-arm, no resumption -- before that. Keep the result for then.
+      self->zc_res_ = op->res;
+      return;
+    }
+    if (op->cqe_flags & IORING_CQE_F_NOTIF)
+      op->res = self->zc_res_;
     if (op->res > 0) {
       self->done_ += static_cast<std::size_t>(op->res);
       if (self->done_ < self->buf_.size()) {
@@ -81,6 +90,7 @@ private:
 
   span_type buf_;
   std::size_t done_ = 0;
+  int zc_res_ = 0; // a zero-copy part's result while its notification is awaited
 };
 
 } // namespace couring::detail

@@ -1,0 +1,257 @@
+// Registered buffers (read_fixed/write_fixed on files, pipes and sockets) and
+// zero-copy write_all (IORING_OP_SEND_ZC and its notification CQE).
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using test_support::connected_pair;
+using test_support::pattern;
+using test_support::require_ok;
+
+namespace {
+
+// A temporary file, unlinked by the destructor.
+struct temp_file {
+  std::string path;
+  temp_file() {
+    char name[] = "/tmp/couring_fixed_XXXXXX";
+    const int fd = ::mkstemp(name);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    path = name;
+  }
+  ~temp_file() { ::unlink(path.c_str()); }
+};
+
+void fill(std::span<std::byte> b, std::uint64_t seed) {
+  for (std::size_t i = 0; i < b.size(); ++i)
+    b[i] = test_support::pattern_byte(seed, i);
+}
+
+bool matches(std::span<const std::byte> b, std::uint64_t seed) {
+  for (std::size_t i = 0; i < b.size(); ++i)
+    if (b[i] != test_support::pattern_byte(seed, i))
+      return false;
+  return true;
+}
+
+} // namespace
+
+TEST_CASE("read_fixed_at/write_fixed_at on a file: contents checked") {
+  couring::io_context ctx;
+  couring::registered_buffers bufs(ctx, 2, 256 * 1024);
+  temp_file tf;
+  auto body = [&]() -> couring::task<void> {
+    auto f = co_await couring::file::open(ctx, tf.path, {.write = true});
+    require_ok(f);
+    fill(bufs.buffer(0), 1);
+    std::size_t at = 0;
+    while (at < bufs.buffer_size()) { // positional writes may be short
+      auto w = co_await couring::write_fixed_at(*f, bufs, bufs.buffer(0).subspan(at), at);
+      require_ok(w);
+      at += *w;
+    }
+    // A sub-span of a buffer works too: read the second half into buffer 1.
+    const std::size_t half = bufs.buffer_size() / 2;
+    auto r = co_await couring::read_fixed_at(*f, bufs, bufs.buffer(1).first(half), half);
+    require_ok(r);
+    REQUIRE(*r == half);
+    CHECK(std::memcmp(bufs.buffer(1).data(), bufs.buffer(0).data() + half, half) == 0);
+    // Past the end: 0 bytes.
+    auto end = co_await couring::read_fixed_at(*f, bufs, bufs.buffer(1), 10 * 1024 * 1024);
+    require_ok(end);
+    CHECK(*end == 0);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("read_fixed/write_fixed on a pipe: contents checked, order kept") {
+  couring::io_context ctx;
+  couring::registered_buffers bufs(ctx, 4, 4096);
+  auto ends = couring::pipe(ctx);
+  require_ok(ends);
+  auto& [reader, writer] = *ends;
+  auto& rd = reader;
+  auto& wr = writer;
+  auto body = [&]() -> couring::task<void> {
+    for (std::uint64_t round = 0; round < 100; ++round) {
+      fill(bufs.buffer(0), round);
+      auto w = co_await couring::write_fixed(wr, bufs, bufs.buffer(0));
+      require_ok(w);
+      REQUIRE(*w == 4096); // a pipe takes 4 KiB at once
+      std::size_t got = 0;
+      while (got < 4096) {
+        auto r = co_await couring::read_fixed(rd, bufs, bufs.buffer(1).subspan(got));
+        require_ok(r);
+        REQUIRE(*r > 0);
+        got += *r;
+      }
+      REQUIRE(matches(bufs.buffer(1), round));
+    }
+    wr.close();
+    auto eof = co_await couring::read_fixed(rd, bufs, bufs.buffer(1));
+    require_ok(eof);
+    CHECK(*eof == 0);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("read_fixed/write_fixed on a socket: 8 MiB echoed and checked") {
+  couring::io_context ctx;
+  couring::registered_buffers bufs(ctx, 2, 64 * 1024);
+  auto listener = test_support::loopback_listener(ctx);
+  constexpr std::size_t total = 8 << 20;
+  auto body = [&]() -> couring::task<void> {
+    auto p = co_await test_support::connect_pair(ctx, listener);
+    auto sender = [&]() -> couring::task<void> {
+      std::size_t sent = 0;
+      std::vector<std::byte> whole = pattern(7, total);
+      while (sent < total) {
+        const std::size_t n = std::min(bufs.buffer_size(), total - sent);
+        std::memcpy(bufs.buffer(0).data(), whole.data() + sent, n);
+        std::size_t off = 0;
+        while (off < n) {
+          auto w =
+              co_await couring::write_fixed(p.client, bufs, bufs.buffer(0).subspan(off, n - off));
+          require_ok(w);
+          off += *w;
+        }
+        sent += n;
+      }
+      require_ok(p.client.shutdown_write());
+    };
+    auto send_task = sender();
+    ctx.spawn(std::move(send_task));
+    std::vector<std::byte> got;
+    got.reserve(total);
+    for (;;) {
+      auto r = co_await couring::read_fixed(p.server, bufs, bufs.buffer(1));
+      require_ok(r);
+      if (*r == 0)
+        break;
+      got.insert(got.end(), bufs.buffer(1).begin(), bufs.buffer(1).begin() + *r);
+    }
+    REQUIRE(got.size() == total);
+    CHECK(got == pattern(7, total));
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("fixed operations on a buffer outside the registered ones fail with not_registered") {
+  couring::io_context ctx;
+  couring::registered_buffers bufs(ctx, 2, 4096);
+  auto ends = couring::pipe(ctx);
+  require_ok(ends);
+  auto& [reader, writer] = *ends;
+  auto& rd = reader;
+  auto& wr = writer;
+  std::vector<std::byte> plain(4096);
+  auto body = [&]() -> couring::task<void> {
+    auto r1 = co_await couring::read_fixed(rd, bufs, plain);
+    REQUIRE(!r1);
+    CHECK(r1.error() == couring::error::not_registered);
+    // Straddling two buffers: not inside one.
+    auto w1 = co_await couring::write_fixed(
+        wr, bufs, std::span<const std::byte>(bufs.buffer(0).data() + 100, 4096));
+    REQUIRE(!w1);
+    CHECK(w1.error() == couring::error::not_registered);
+    // Past the end of the region.
+    auto w2 = co_await couring::write_fixed(
+        wr, bufs, std::span<const std::byte>(bufs.buffer(1).data() + 4096, 1));
+    REQUIRE(!w2);
+    CHECK(w2.error() == couring::error::not_registered);
+    // Through with_timeout (which starts the operation itself).
+    auto r2 = co_await couring::with_timeout(couring::read_fixed(rd, bufs, plain), 1s);
+    REQUIRE(!r2);
+    CHECK(r2.error() == couring::error::not_registered);
+    // Nothing was written: a real fixed write and read still line up.
+    fill(bufs.buffer(0), 3);
+    auto w3 = co_await couring::write_fixed(wr, bufs, bufs.buffer(0).first(100));
+    require_ok(w3);
+    auto r3 = co_await couring::read_fixed(rd, bufs, bufs.buffer(1));
+    require_ok(r3);
+    CHECK(*r3 == 100);
+    CHECK(matches(bufs.buffer(1).first(100), 3));
+  };
+  ctx.run(body());
+  CHECK(std::string(couring::make_error_code(couring::error::not_registered).message())
+            .find("registered") != std::string::npos);
+}
+
+TEST_CASE("registered_buffers: one set per context; misuse throws; another context is refused") {
+  couring::io_context ctx;
+  CHECK_THROWS_AS(couring::registered_buffers(ctx, 0, 4096), std::invalid_argument);
+  CHECK_THROWS_AS(couring::registered_buffers(ctx, 1, 0), std::invalid_argument);
+  {
+    couring::registered_buffers a(ctx, 1, 4096);
+    try {
+      couring::registered_buffers b(ctx, 1, 4096);
+      FAIL("a second registration was accepted");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::device_or_resource_busy);
+    }
+  }
+  couring::registered_buffers again(ctx, 1, 4096); // the first one is gone
+  // Buffers registered with another context are not this stream's.
+  couring::io_context other;
+  couring::registered_buffers foreign(other, 1, 4096);
+  auto ends = couring::pipe(ctx);
+  require_ok(ends);
+  auto& wr = ends->second;
+  auto body = [&]() -> couring::task<void> {
+    auto w = co_await couring::write_fixed(wr, foreign, foreign.buffer(0));
+    REQUIRE(!w);
+    CHECK(w.error() == couring::error::not_registered);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("fixed operations on a closed or never-opened stream") {
+  couring::io_context ctx;
+  couring::registered_buffers bufs(ctx, 1, 4096);
+  auto ends = couring::pipe(ctx);
+  require_ok(ends);
+  auto& rd = ends->first;
+  couring::pipe_reader never;
+  auto body = [&]() -> couring::task<void> {
+    // A read in flight when the stream is closed ends with operation_canceled.
+    auto closer = [&]() -> couring::task<void> {
+      (void)co_await couring::nop(ctx);
+      rd.close();
+    };
+    auto c = closer();
+    ctx.spawn(std::move(c));
+    auto r = co_await couring::read_fixed(rd, bufs, bufs.buffer(0));
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::operation_canceled);
+    auto r2 = co_await couring::read_fixed(rd, bufs, bufs.buffer(0));
+    REQUIRE(!r2);
+    CHECK(r2.error() == std::errc::operation_canceled);
+    auto r3 = co_await couring::read_fixed(never, bufs, bufs.buffer(0));
+    REQUIRE(!r3);
+    CHECK(r3.error() == std::errc::bad_file_descriptor);
+    // with_timeout cancels a fixed read that has nothing to read.
+    auto ends2 = couring::pipe(ctx);
+    require_ok(ends2);
+    auto r4 = co_await couring::with_timeout(
+        couring::read_fixed(ends2->first, bufs, bufs.buffer(0)), 50ms);
+    REQUIRE(!r4);
+    CHECK(r4.error() == std::errc::timed_out);
+  };
+  ctx.run(body());
+}
