@@ -255,3 +255,132 @@ TEST_CASE("fixed operations on a closed or never-opened stream") {
   };
   ctx.run(body());
 }
+
+// --- zero-copy write_all -----------------------------------------------------------
+
+namespace {
+couring::io_context_options zero_copy_from(std::size_t threshold) {
+  couring::io_context_options o;
+  o.zero_copy_threshold = threshold;
+  return o;
+}
+} // namespace
+
+TEST_CASE("zero-copy write_all of 16 MiB: every byte checked, done only after the notification") {
+  couring::io_context ctx(zero_copy_from(64 * 1024));
+  auto listener = test_support::loopback_listener(ctx);
+  constexpr std::size_t total = 16 << 20;
+  const std::vector<std::byte> data = pattern(11, total);
+  auto body = [&]() -> couring::task<void> {
+    auto p = co_await test_support::connect_pair(ctx, listener);
+    std::vector<std::byte> got(total);
+    auto reader = [&]() -> couring::task<void> {
+      auto r = co_await p.server.read_exactly(got);
+      require_ok(r);
+    };
+    auto rt = reader();
+    ctx.spawn(std::move(rt));
+    auto w = p.client.write_all(data);
+    auto result = co_await w;
+    require_ok(result);
+    CHECK(w.transferred() == total);
+    // It went through SEND_ZC: the last CQE was the notification, and
+    // nothing of the request is left in the ring.
+    CHECK((w.cqe_flags & IORING_CQE_F_NOTIF) != 0);
+    CHECK(w.outstanding == 0);
+    // Below the threshold: a plain send (no notification).
+    auto small = p.client.write_all(std::span(data).first(1000));
+    require_ok(co_await small);
+    CHECK((small.cqe_flags & IORING_CQE_F_NOTIF) == 0);
+    while (ctx.pending_operations() > 1) // the reader
+      (void)co_await couring::nop(ctx);
+    std::vector<std::byte> tail(1000);
+    auto r2 = co_await p.server.read_exactly(tail);
+    require_ok(r2);
+    CHECK(got == data);
+    CHECK(std::memcmp(tail.data(), data.data(), 1000) == 0);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE(
+    "zero-copy write_all to a peer that resets midway: error reported, buffer released once") {
+  couring::io_context ctx(zero_copy_from(16 * 1024));
+  auto listener = test_support::loopback_listener(ctx);
+  constexpr std::size_t total = 64 << 20;
+  std::vector<std::byte> data = pattern(12, total);
+  int resumed = 0;
+  auto body = [&]() -> couring::task<void> {
+    auto p = co_await test_support::connect_pair(ctx, listener);
+    const std::size_t background = ctx.submitted_requests(); // the listener's accept, ...
+    auto resetter = [&]() -> couring::task<void> {
+      std::vector<std::byte> buf(1 << 20);
+      auto r = co_await p.server.read_exactly(buf); // some data arrives first
+      require_ok(r);
+      CHECK(buf == std::vector<std::byte>(data.begin(), data.begin() + (1 << 20)));
+      linger l{.l_onoff = 1, .l_linger = 0}; // close sends a RST
+      REQUIRE(::setsockopt(p.server.native_handle(), SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0);
+      p.server.close();
+    };
+    auto rt = resetter();
+    ctx.spawn(std::move(rt));
+    auto w = p.client.write_all(data);
+    auto result = co_await w;
+    ++resumed;
+    REQUIRE(!result);
+    INFO(result.error().message());
+    CHECK((result.error() == std::errc::connection_reset ||
+           result.error() == std::errc::broken_pipe));
+    CHECK(w.transferred() < total);
+    // The kernel is done with the pages: no CQE of the request is still due.
+    CHECK(w.outstanding == 0);
+    CHECK(ctx.submitted_requests() == background);
+    // The buffer is the caller's again: scribbling on it disturbs nothing.
+    std::memset(data.data(), 0, data.size());
+    for (int i = 0; i < 10; ++i)
+      (void)co_await couring::nop(ctx);
+  };
+  ctx.run(body());
+  CHECK(resumed == 1);
+}
+
+TEST_CASE("zero-copy write_all: with_timeout and close stop it, after the notification") {
+  couring::io_context ctx(zero_copy_from(16 * 1024));
+  auto listener = test_support::loopback_listener(ctx);
+  constexpr std::size_t total = 64 << 20; // far more than the socket buffers hold
+  const std::vector<std::byte> data = pattern(13, total);
+  auto body = [&]() -> couring::task<void> {
+    auto p = co_await test_support::connect_pair(ctx, listener);
+    const std::size_t background = ctx.submitted_requests();
+    // Nobody reads: the write stalls and the timeout cancels it.
+    const auto before = std::chrono::steady_clock::now();
+    auto r = co_await couring::with_timeout(p.client.write_all(data), 100ms);
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::timed_out);
+    CHECK(std::chrono::steady_clock::now() - before < test_support::scaled(5000ms));
+    CHECK(ctx.submitted_requests() == background);
+    // The pages were got back by resetting the connection.
+    std::byte b[16];
+    auto after = co_await p.server.read(b);
+    while (after && *after > 0)
+      after = co_await p.server.read(b);
+    REQUIRE(!after);
+    CHECK(after.error() == std::errc::connection_reset);
+    // Closed while in flight: operation_canceled, the descriptor released
+    // only after the notification.
+    auto p2 = co_await test_support::connect_pair(ctx, listener);
+    auto closer = [&]() -> couring::task<void> {
+      co_await couring::sleep_for(ctx, 50ms);
+      p2.client.close();
+    };
+    auto ct = closer();
+    ctx.spawn(std::move(ct));
+    auto w = p2.client.write_all(data);
+    auto r2 = co_await w;
+    REQUIRE(!r2);
+    CHECK(r2.error() == std::errc::operation_canceled);
+    CHECK(w.outstanding == 0);
+    CHECK(w.transferred() < total);
+  };
+  ctx.run(body());
+}

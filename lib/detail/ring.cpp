@@ -207,6 +207,12 @@ void ring::attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept {
   ++pending_;
 }
 
+void reset_connection(int fd) noexcept {
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  ::connect(fd, &unspec, sizeof unspec);
+}
+
 int ring::register_buffers(const iovec* iov, unsigned count) noexcept {
   return io_uring_register_buffers(&ring_, iov, count);
 }
@@ -334,6 +340,11 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   }
   cancel_waiting(*this, s->read_side);
   cancel_waiting(*this, s->write_side);
+  // An active operation with a cancel function of its own (a zero-copy
+  // send waiting for its notification: no cancel by descriptor reaches it)
+  // is told directly.
+  if (operation* w = s->write_side.active; w != nullptr && w->cancel_fn != nullptr)
+    w->cancel_fn(w);
   if (s->in_flight == 0) {
     release_descriptor(s);
     return;
