@@ -151,6 +151,8 @@ ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
                             "couring: this kernel's io_uring is too old: couring needs Linux "
                             "5.19 or newer (cancellation by descriptor, multishot accept)");
   }
+  // get_sqe's fast path assumes 64-byte SQEs and no SQ polling thread.
+  assert((ring_.flags & (IORING_SETUP_SQE128 | IORING_SETUP_SQPOLL)) == 0);
   multishot_accept_ = options.multishot_accept;
   zero_copy_threshold_ = options.zero_copy_threshold;
 

@@ -149,8 +149,16 @@ public:
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
   io_uring_sqe* get_sqe() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    return sqe != nullptr ? sqe : get_sqe_slow();
+    // io_uring_get_sqe without its run-time tests for SQPOLL and 128-byte
+    // SQEs, which this ring never sets up (the constructor checks): one
+    // plain load of the kernel's head, as liburing does without SQPOLL.
+    io_uring_sq& sq = ring_.sq;
+    const unsigned tail = sq.sqe_tail;
+    if (tail + 1 - IO_URING_READ_ONCE(*sq.khead) <= sq.ring_entries) [[likely]] {
+      sq.sqe_tail = tail + 1;
+      return &sq.sqes[tail & sq.ring_mask];
+    }
+    return get_sqe_slow();
   }
   // The SQE for op's request: with a linked timeout, the pair must be
   // adjacent in the ring, so room for both is made first.
