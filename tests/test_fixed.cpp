@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -381,6 +382,156 @@ TEST_CASE("zero-copy write_all: with_timeout and close stop it, after the notifi
     CHECK(r2.error() == std::errc::operation_canceled);
     CHECK(w.outstanding == 0);
     CHECK(w.transferred() < total);
+  };
+  ctx.run(body());
+}
+
+// --- direct descriptors -------------------------------------------------------------
+
+namespace {
+couring::tcp_listener direct_listener(couring::io_context& ctx) {
+  couring::listen_options o;
+  o.direct_descriptors = true;
+  return test_support::loopback_listener(ctx, o);
+}
+
+couring::task<void> echo_direct(couring::tcp_stream s) {
+  std::byte buf[16384];
+  for (;;) {
+    auto n = co_await s.read(buf);
+    if (!n || *n == 0)
+      co_return;
+    if (!co_await s.write_all(std::span(buf, *n)))
+      co_return;
+  }
+}
+} // namespace
+
+TEST_CASE("direct descriptors: 20 connections echo 256 KiB each, contents checked") {
+  couring::io_context_options options;
+  options.zero_copy_threshold = 64 * 1024; // not used on direct streams: they fall back
+  couring::io_context ctx(options);
+  auto listener = direct_listener(ctx);
+  int verified = 0;
+  auto server = [&]() -> couring::task<void> {
+    for (int i = 0; i < 20; ++i) {
+      auto s = co_await listener.accept();
+      require_ok(s);
+      REQUIRE(s->is_direct());
+      CHECK(s->native_handle() == -1);
+      CHECK(s->set_no_delay(true).error() == couring::error::direct_descriptor);
+      CHECK(s->local_endpoint().error() == couring::error::direct_descriptor);
+      CHECK(s->remote_endpoint().error() == couring::error::direct_descriptor);
+      CHECK(s->shutdown_write().error() == couring::error::direct_descriptor);
+      ctx.spawn(echo_direct(std::move(*s)));
+    }
+  };
+  auto client = [&](std::uint64_t seed) -> couring::task<void> {
+    auto c = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+    require_ok(c);
+    CHECK(!c->is_direct());
+    const auto data = pattern(seed, 256 * 1024);
+    std::vector<std::byte> back(data.size());
+    auto reader = [&]() -> couring::task<void> {
+      require_ok(co_await c->read_exactly(back));
+    };
+    auto rt = reader();
+    auto writer = [&]() -> couring::task<void> {
+      require_ok(co_await c->write_all(data));
+    };
+    auto wt = writer();
+    co_await couring::when_all(std::move(rt), std::move(wt));
+    if (back == data)
+      ++verified;
+  };
+  auto body = [&]() -> couring::task<void> {
+    auto st = server();
+    ctx.spawn(std::move(st));
+    std::vector<couring::task<void>> clients;
+    for (std::uint64_t i = 0; i < 20; ++i)
+      clients.push_back(client(i));
+    for (auto& t : clients)
+      co_await std::move(t);
+  };
+  ctx.run(body());
+  CHECK(verified == 20);
+}
+
+TEST_CASE("direct descriptors: 2,000 close-while-reading cycles on 4 slots; a slot is reused only "
+          "after its last request") {
+  test_support::raise_fd_limit();
+  couring::io_context_options options;
+  options.direct_descriptor_slots = 4; // every few connections reuse a slot
+  couring::io_context ctx(options);
+  auto listener = direct_listener(ctx);
+  int cancelled = 0, clean = 0, wrong = 0;
+  auto body = [&]() -> couring::task<void> {
+    for (std::uint64_t i = 0; i < 2000; ++i) {
+      auto c = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+      require_ok(c);
+      auto s = co_await listener.accept();
+      require_ok(s);
+      REQUIRE(s->is_direct());
+      std::byte buf[64];
+      std::fill(std::begin(buf), std::end(buf), std::byte{0});
+      auto closer = [&]() -> couring::task<void> {
+        (void)co_await couring::nop(ctx); // the read below is in flight by now
+        s->close();
+      };
+      auto ct = closer();
+      ctx.spawn(std::move(ct));
+      auto r = co_await s->read(buf); // closed while in flight
+      if (!r && r.error() == std::errc::operation_canceled)
+        ++cancelled;
+      // Whatever the next connection on this slot sends must never land here.
+      const auto mine = pattern(i, 64);
+      auto w = co_await c->write_all(mine);
+      require_ok(w);
+      if (std::all_of(std::begin(buf), std::end(buf),
+                      [](std::byte b) { return b == std::byte{0}; }))
+        ++clean;
+      else
+        ++wrong;
+    }
+  };
+  ctx.run(body());
+  CHECK(cancelled == 2000);
+  CHECK(clean == 2000);
+  CHECK(wrong == 0);
+}
+
+TEST_CASE("direct descriptors: closing with a write_all in flight ends it, then the slot serves "
+          "the next connection") {
+  couring::io_context_options options;
+  options.direct_descriptor_slots = 1; // the next connection needs the very same slot
+  couring::io_context ctx(options);
+  auto listener = direct_listener(ctx);
+  auto body = [&]() -> couring::task<void> {
+    auto c1 = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+    require_ok(c1);
+    auto s1 = co_await listener.accept();
+    require_ok(s1);
+    const auto big = pattern(5, 32 << 20); // far more than the socket buffers: it stalls
+    auto closer = [&]() -> couring::task<void> {
+      co_await couring::sleep_for(ctx, 50ms);
+      s1->close();
+    };
+    auto ct = closer();
+    ctx.spawn(std::move(ct));
+    auto w = co_await s1->write_all(big);
+    REQUIRE(!w);
+    CHECK(w.error() == std::errc::operation_canceled);
+    c1->close();
+    // The only slot is free again once the write's request is in.
+    auto c2 = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+    require_ok(c2);
+    auto s2 = co_await couring::with_timeout(listener.accept(), 5s);
+    require_ok(s2);
+    const auto msg = pattern(6, 1000);
+    require_ok(co_await c2->write_all(msg));
+    std::vector<std::byte> got(1000);
+    require_ok(co_await s2->read_exactly(got));
+    CHECK(got == msg);
   };
   ctx.run(body());
 }

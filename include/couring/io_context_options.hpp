@@ -16,6 +16,9 @@ struct io_context_options {
   // when the kernel has let go of the pages) while it is at least this many
   // bytes; 0: never. Sockets only. See docs/design.md ("Zero-copy send").
   std::size_t zero_copy_threshold = 0;
+  // Slots of the ring's file table, registered when the first listener
+  // with listen_options::direct_descriptors opens (direct descriptors).
+  unsigned direct_descriptor_slots = 4096;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).

@@ -140,7 +140,9 @@ public:
     void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
       if constexpr (Sending) {
         const std::size_t zc = this->owner_ring->zero_copy_threshold();
-        if (zc != 0 && len >= zc && !this->object->use_read_write) {
+        // Not on a direct descriptor: cancelling a zero-copy send resets the
+        // connection through its descriptor (transfer_all.hpp).
+        if (zc != 0 && len >= zc && !this->object->use_read_write && !this->object->direct) {
           detail::prep_zero_copy_send(sqe, this->object->fd, data, len);
           return;
         }
@@ -180,9 +182,15 @@ public:
   void close() noexcept { handle_.close(); }
 
   bool is_open() const noexcept { return handle_.is_open(); }
-  // The descriptor, or -1 once closed. Use it for socket options; closing it
-  // yourself breaks the guarantees above.
-  int native_handle() const noexcept { return handle_.fd(); }
+  // The descriptor, or -1 once closed (or for a direct descriptor, which has
+  // none). Use it for socket options; closing it yourself breaks the
+  // guarantees above.
+  int native_handle() const noexcept { return handle_.is_direct() ? -1 : handle_.fd(); }
+  // Whether the stream lives in the ring's file table only (a listener with
+  // listen_options::direct_descriptors accepted it): its reads and writes are
+  // requests on the slot; what needs a real descriptor (shutdown_write,
+  // socket options, addresses) fails with error::direct_descriptor.
+  bool is_direct() const noexcept { return handle_.is_direct(); }
   // The context the stream was opened on (a default-constructed stream has none).
   io_context& context() const noexcept { return handle_.ring_ptr()->context(); }
   // For operations built on top of streams (send_file).
@@ -192,6 +200,9 @@ protected:
   // For derived streams that know what fd is: no fstat.
   enum class kind { socket, other };
   stream(io_context& ctx, int fd, kind k);
+  // For derived streams on a direct descriptor (a socket).
+  stream(io_context& ctx, int slot, detail::direct_slot_t)
+      : handle_(ctx.ring(), slot, detail::direct_slot) {}
 
   detail::object_handle handle_;
 };

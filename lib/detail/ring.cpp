@@ -155,6 +155,7 @@ ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
   assert((ring_.flags & (IORING_SETUP_SQE128 | IORING_SETUP_SQPOLL)) == 0);
   multishot_accept_ = options.multishot_accept;
   zero_copy_threshold_ = options.zero_copy_threshold;
+  file_table_slots_ = options.direct_descriptor_slots;
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
@@ -221,6 +222,32 @@ int ring::register_buffers(const iovec* iov, unsigned count) noexcept {
 
 int ring::unregister_buffers() noexcept {
   return io_uring_unregister_buffers(&ring_);
+}
+
+int ring::register_files_sparse(unsigned n) noexcept {
+  return io_uring_register_files_sparse(&ring_, n);
+}
+
+int ring::ensure_file_table() noexcept {
+  if (file_table_)
+    return 0;
+  if (file_table_slots_ == 0)
+    return -EINVAL;
+  const int err = register_files_sparse(file_table_slots_);
+  file_table_ = err == 0;
+  return err;
+}
+
+void ring::close_direct(int slot) noexcept {
+  try {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_close_direct(sqe, static_cast<unsigned>(slot));
+    io_uring_sqe_set_data64(sqe, 0);
+  } catch (...) {
+    // No SQE: empty the slot synchronously instead.
+    int none = -1;
+    io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1);
+  }
 }
 
 void ring::cancel(operation* op) noexcept {
@@ -297,10 +324,26 @@ object_state* ring::open_object(int fd) {
   s->fd = fd;
   s->closed = false;
   s->use_read_write = false;
+  s->direct = false;
   s->in_flight = 0;
   s->read_side = {};
   s->write_side = {};
   return s;
+}
+
+object_state* ring::open_direct_object(int slot) {
+  object_state* s = open_object(slot);
+  s->direct = true;
+  return s;
+}
+
+object_handle::object_handle(ring& r, int slot, direct_slot_t) : ring_(&r) {
+  try {
+    state_ = r.open_direct_object(slot);
+  } catch (...) {
+    r.close_direct(slot);
+    throw;
+  }
 }
 
 object_handle::object_handle(ring& r, int fd) : ring_(&r) {
@@ -336,8 +379,10 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   s->closed = true;
   if (foreign()) {
     // A fork() child dropping what it inherited: its descriptor table is
-    // its own, the rings are not. Close the child's copy and touch nothing.
-    ::close(s->fd);
+    // its own, the rings are not. Close the child's copy and touch nothing
+    // (a direct descriptor is the parent's ring's).
+    if (!s->direct)
+      ::close(s->fd);
     return;
   }
   cancel_waiting(*this, s->read_side);
@@ -351,7 +396,7 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
     release_descriptor(s);
     return;
   }
-  if (mode == close_mode::listener) {
+  if (mode == close_mode::listener && !s->direct) {
     // Stop listening now (a connect is refused from here on), even though
     // the descriptor itself waits for the accept request to complete.
     ::shutdown(s->fd, SHUT_RD);
@@ -361,12 +406,13 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   // descriptor cannot reach anyone else's.
   try {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_prep_cancel_fd(
+        sqe, s->fd, IORING_ASYNC_CANCEL_ALL | (s->direct ? IORING_ASYNC_CANCEL_FD_FIXED : 0u));
     io_uring_sqe_set_data64(sqe, 0);
   } catch (...) {
     // No SQE: the requests complete on their own (a peer's data, a reset,
     // teardown); the descriptor is closed after the last of them.
-    if (mode == close_mode::stream)
+    if (mode == close_mode::stream && !s->direct)
       ::shutdown(s->fd, SHUT_RDWR); // makes them complete soon
   }
   if (!running_)
@@ -375,7 +421,12 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
 
 void ring::release_descriptor(object_state* s) noexcept {
   assert(s->closed && s->in_flight == 0 && s->fd >= 0);
-  ::close(s->fd);
+  // A slot is emptied only now, after the last request on it: the kernel
+  // cannot hand it to a new connection while one of ours still names it.
+  if (s->direct)
+    close_direct(s->fd);
+  else
+    ::close(s->fd);
   s->fd = -1;
   ++s->generation; // an awaitable made before the close no longer matches
   s->next_free = released_;

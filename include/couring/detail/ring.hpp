@@ -112,6 +112,10 @@ struct object_state {
   // move bytes with IORING_OP_READ/WRITE instead of RECV/SEND, which fail
   // there with ENOTSOCK. Set once when the object is opened.
   bool use_read_write = false;
+  // fd is not a descriptor but a slot of the ring's file table (a direct
+  // descriptor, accepted with IORING_FILE_INDEX_ALLOC): every request on it
+  // carries IOSQE_FIXED_FILE, and releasing it closes the slot.
+  bool direct = false;
   object_side read_side;
   object_side write_side;
   object_state* next_free = nullptr;
@@ -145,6 +149,13 @@ public:
   // io_uring_register_buffers / io_uring_unregister_buffers: 0 or -errno.
   int register_buffers(const iovec* iov, unsigned count) noexcept;
   int unregister_buffers() noexcept;
+  // io_uring_register_files_sparse: 0 or -errno.
+  int register_files_sparse(unsigned n) noexcept;
+  // The sparse file table direct descriptors live in, registered on first
+  // use with io_context_options::direct_descriptor_slots slots: 0 or -errno.
+  int ensure_file_table() noexcept;
+  // Empties a slot of the file table (IORING_OP_CLOSE with file_index).
+  void close_direct(int slot) noexcept;
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -178,8 +189,11 @@ public:
     io_uring_sqe_set_data(sqe, op);
     ++op->outstanding;
     ++pending_;
-    if (op->object != nullptr)
+    if (op->object != nullptr) {
       ++op->object->in_flight;
+      if (op->object->direct) [[unlikely]]
+        sqe->flags |= IOSQE_FIXED_FILE;
+    }
     if (op->link_timeout != nullptr) [[unlikely]]
       attach_link_timeout(sqe, op);
   }
@@ -235,6 +249,8 @@ public:
   // --- I/O objects ----------------------------------------------------------
   // A state record for fd (owned from now on).
   object_state* open_object(int fd);
+  // The same for a slot of the file table (a direct descriptor).
+  object_state* open_direct_object(int slot);
   enum class close_mode { stream, listener };
   // Marks the record closed, ends its waiting operations with ECANCELED,
   // cancels its requests in flight, and closes the descriptor once the last
@@ -322,6 +338,8 @@ private:
   unsigned fork_generation_ = 0;
   bool multishot_accept_ = false;
   std::size_t zero_copy_threshold_ = 0;
+  unsigned file_table_slots_ = 0;
+  bool file_table_ = false;
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;
@@ -345,9 +363,16 @@ private:
 // record. Moving the object moves the handle; closing (or destroying) it hands
 // the record back to the ring, which closes the descriptor once nothing runs
 // on it any more.
+struct direct_slot_t {
+  explicit direct_slot_t() = default;
+};
+inline constexpr direct_slot_t direct_slot{};
+
 class object_handle {
 public:
   object_handle() noexcept = default;
+  // Adopts slot, a direct descriptor (closed if no record can be had).
+  object_handle(ring& r, int slot, direct_slot_t);
   // Adopts fd. If no record can be had (out of memory) fd is closed and
   // std::bad_alloc thrown: the descriptor is never leaked.
   object_handle(ring& r, int fd);
@@ -374,6 +399,7 @@ public:
 
   bool is_open() const noexcept { return state_ != nullptr; }
   int fd() const noexcept { return state_ != nullptr ? state_->fd : -1; }
+  bool is_direct() const noexcept { return state_ != nullptr && state_->direct; }
   // The ring, or nullptr for an object that was never opened.
   ring* ring_ptr() const noexcept { return ring_; }
   object_state* state() const noexcept { return state_; }
