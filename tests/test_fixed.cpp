@@ -304,6 +304,42 @@ TEST_CASE("zero-copy write_all of 16 MiB: every byte checked, done only after th
   ctx.run(body());
 }
 
+TEST_CASE("zero_copy_threshold leaves other streams alone: unix sockets and pipes send plainly") {
+  couring::io_context ctx(zero_copy_from(1));
+  auto us = couring::socketpair(ctx);
+  require_ok(us);
+  auto& ua = us->first;
+  auto& ub = us->second;
+  auto ps = couring::pipe(ctx);
+  require_ok(ps);
+  auto& pr = ps->first;
+  auto& pw = ps->second;
+  const auto data = pattern(21, 100000);
+  auto body = [&]() -> couring::task<void> {
+    std::vector<std::byte> got(data.size());
+    auto reader = [&]() -> couring::task<void> {
+      require_ok(co_await ub.read_exactly(got));
+    };
+    auto rt = reader();
+    ctx.spawn(std::move(rt));
+    auto w = ua.write_all(data);
+    require_ok(co_await w);
+    CHECK((w.cqe_flags & IORING_CQE_F_NOTIF) == 0);
+    std::vector<std::byte> got2(data.size());
+    auto reader2 = [&]() -> couring::task<void> {
+      require_ok(co_await pr.read_exactly(got2));
+    };
+    auto rt2 = reader2();
+    ctx.spawn(std::move(rt2));
+    require_ok(co_await pw.write_all(data));
+    while (ctx.pending_operations() > 0)
+      (void)co_await couring::nop(ctx);
+    CHECK(got == data);
+    CHECK(got2 == data);
+  };
+  ctx.run(body());
+}
+
 TEST_CASE(
     "zero-copy write_all to a peer that resets midway: error reported, buffer released once") {
   couring::io_context ctx(zero_copy_from(16 * 1024));

@@ -14,7 +14,8 @@ struct io_context_options {
   // stream::write_all sends the part of a buffer still to go with
   // IORING_OP_SEND_ZC (no copy into the socket; the write completes only
   // when the kernel has let go of the pages) while it is at least this many
-  // bytes; 0: never. Sockets only. See docs/design.md ("Zero-copy send").
+  // bytes; 0: never. TCP streams on real descriptors only. See
+  // docs/design.md ("Registered buffers, direct descriptors and zero-copy send").
   std::size_t zero_copy_threshold = 0;
   // Slots of the ring's file table, registered when the first listener
   // with listen_options::direct_descriptors opens (direct descriptors).

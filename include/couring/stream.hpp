@@ -140,9 +140,8 @@ public:
     void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
       if constexpr (Sending) {
         const std::size_t zc = this->owner_ring->zero_copy_threshold();
-        // Not on a direct descriptor: cancelling a zero-copy send resets the
-        // connection through its descriptor (transfer_all.hpp).
-        if (zc != 0 && len >= zc && !this->object->use_read_write && !this->object->direct) {
+        // TCP streams on real descriptors only (object_state says why).
+        if (zc != 0 && len >= zc && this->object->zero_copy_capable) {
           detail::prep_zero_copy_send(sqe, this->object->fd, data, len);
           return;
         }

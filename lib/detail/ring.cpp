@@ -325,6 +325,7 @@ object_state* ring::open_object(int fd) {
   s->closed = false;
   s->use_read_write = false;
   s->direct = false;
+  s->zero_copy_capable = false;
   s->in_flight = 0;
   s->read_side = {};
   s->write_side = {};

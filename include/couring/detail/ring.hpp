@@ -116,6 +116,9 @@ struct object_state {
   // descriptor, accepted with IORING_FILE_INDEX_ALLOC): every request on it
   // carries IOSQE_FIXED_FILE, and releasing it closes the slot.
   bool direct = false;
+  // A TCP stream on a real descriptor: write_all may use SEND_ZC (other
+  // socket families refuse it, and its cancellation needs the descriptor).
+  bool zero_copy_capable = false;
   object_side read_side;
   object_side write_side;
   object_state* next_free = nullptr;
