@@ -52,6 +52,8 @@ stream::stream(io_context& ctx, int fd, kind k) : handle_(ctx.ring(), fd) {
 result<void> stream::shutdown_write() noexcept {
   if (!handle_.is_open())
     return std::error_code(EBADF, std::system_category());
+  if (handle_.is_direct())
+    return make_error_code(error::direct_descriptor);
   if (::shutdown(handle_.fd(), SHUT_WR) != 0)
     return std::error_code(errno, std::system_category());
   return {};

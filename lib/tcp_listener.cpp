@@ -9,6 +9,15 @@ namespace couring {
 
 result<tcp_listener> tcp_listener::bind(io_context& ctx, const endpoint& local,
                                         listen_options options) {
+  // Direct descriptors exist only in an io_uring's file table: on the epoll
+  // backend the listener accepts plain descriptors (the option is a speed-up,
+  // not a behaviour).
+  if (ctx.ring().emulated())
+    options.direct_descriptors = false;
+  if (options.direct_descriptors) {
+    if (const int err = ctx.ring().ensure_file_table(); err < 0)
+      return std::error_code(-err, std::system_category());
+  }
   auto fd = detail::open_stream_socket(local.family());
   if (!fd)
     return fd.error();
@@ -32,7 +41,8 @@ result<tcp_listener> tcp_listener::bind(io_context& ctx, const endpoint& local,
   auto bound = detail::socket_name(*fd, false);
   if (!bound)
     return fail(bound.error());
-  return tcp_listener(detail::listener_core(ctx, *fd), *bound); // owns fd from here
+  return tcp_listener(detail::listener_core(ctx, *fd, options.direct_descriptors),
+                      *bound); // owns fd from here
 }
 
 } // namespace couring

@@ -187,13 +187,19 @@ task<result<tcp_stream>> tcp_stream::connect_any(io_context& ctx, std::vector<en
 }
 
 result<endpoint> tcp_stream::local_endpoint() const {
+  if (is_direct())
+    return make_error_code(error::direct_descriptor);
   return detail::socket_name(native_handle(), false);
 }
 result<endpoint> tcp_stream::remote_endpoint() const {
+  if (is_direct())
+    return make_error_code(error::direct_descriptor);
   return detail::socket_name(native_handle(), true);
 }
 
 result<void> tcp_stream::set_no_delay(bool on) noexcept {
+  if (is_direct())
+    return make_error_code(error::direct_descriptor);
   return detail::set_socket_flag(native_handle(), IPPROTO_TCP, TCP_NODELAY, on);
 }
 

@@ -349,3 +349,59 @@ TEST_CASE("other operation paths: exact allocations per operation") {
   CHECK(accept == 0);
   CHECK(timed_write_all == 1 * iterations);
 }
+
+TEST_CASE("fixed reads/writes and zero-copy sends allocate nothing per operation") {
+  couring::io_context_options options;
+  options.zero_copy_threshold = 1024; // the 4 KiB writes below go through SEND_ZC
+  io_context ctx(options);
+  couring::registered_buffers bufs(ctx, 2, 4096);
+  auto listener = test_support::loopback_listener(ctx);
+  std::size_t fixed = 0, zero_copy = 0;
+  int failures = 0;
+  auto body = [&]() -> task<void> {
+    auto pair = co_await test_support::connect_pair(ctx, listener);
+    tcp_stream& client = pair.client;
+    tcp_stream& server = pair.server;
+    std::byte out[4096]{}, in[4096];
+    COUNT_STEADY(fixed, {
+      auto w = co_await couring::write_fixed(client, bufs, bufs.buffer(0));
+      if (!w)
+        ++failures;
+      std::size_t got = 0;
+      while (w && got < *w) {
+        auto r = co_await couring::read_fixed(server, bufs, bufs.buffer(1).first(*w - got));
+        if (!r || *r == 0) {
+          ++failures;
+          break;
+        }
+        got += *r;
+      }
+    });
+    // The notification comes with the peer's ACK: the server answers each
+    // message so that the ACK rides on the answer (a silent peer would
+    // delay it by up to 40 ms, TCP's delayed ACK).
+    auto answer = [&]() -> task<void> {
+      std::byte one[1]{};
+      for (int i = 0; i <= iterations; ++i) {
+        if (!co_await server.read_exactly(in) || !co_await server.write_all(one))
+          ++failures;
+      }
+    };
+    auto answering = answer();
+    ctx.spawn(std::move(answering));
+    COUNT_STEADY(zero_copy, {
+      auto w = client.write_all(out);
+      if (!co_await w || (w.cqe_flags & IORING_CQE_F_NOTIF) == 0)
+        ++failures;
+      std::byte one[1];
+      if (!co_await client.read_exactly(one))
+        ++failures;
+    });
+  };
+  ctx.run(body());
+  CHECK(failures == 0);
+  INFO("fixed write+read " << fixed << ", zero-copy write_all " << zero_copy << " in "
+                           << iterations << " iterations");
+  CHECK(fixed == 0);
+  CHECK(zero_copy == 0);
+}

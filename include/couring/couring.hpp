@@ -10,6 +10,7 @@
 #include <couring/io_context.hpp>
 #include <couring/nop.hpp>
 #include <couring/pipe.hpp>
+#include <couring/registered_buffers.hpp>
 #include <couring/resolve.hpp>
 #include <couring/runtime.hpp>
 #include <couring/result.hpp>

@@ -2,6 +2,7 @@
 
 // How an io_context's ring is set up, and what the kernel accepted.
 
+#include <cstddef>
 #include <string>
 
 namespace couring {
@@ -32,6 +33,15 @@ struct io_context_options {
   // Cross-context messages into and out of this context always take the
   // eventfd path, never IORING_OP_MSG_RING (tests; see switch_to.hpp).
   bool message_fallback = false;
+  // stream::write_all sends the part of a buffer still to go with
+  // IORING_OP_SEND_ZC (no copy into the socket; the write completes only
+  // when the kernel has let go of the pages) while it is at least this many
+  // bytes; 0: never. TCP streams on real descriptors only. See
+  // docs/design.md ("Registered buffers, direct descriptors and zero-copy send").
+  std::size_t zero_copy_threshold = 0;
+  // Slots of the ring's file table, registered when the first listener
+  // with listen_options::direct_descriptors opens (direct descriptors).
+  unsigned direct_descriptor_slots = 4096;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).

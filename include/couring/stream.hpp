@@ -72,6 +72,16 @@ void prep_stream_transfer(io_uring_sqe* sqe, const object_state* s, Pointer data
   }
 }
 
+// IORING_OP_SEND_ZC of the whole rest (MSG_WAITALL: the kernel loops over
+// short sends itself, so a large buffer costs one request and one
+// notification). Its first CQE carries IORING_CQE_F_MORE; the buffer is the
+// kernel's until the notification CQE (transfer_all waits for it).
+inline void prep_zero_copy_send(io_uring_sqe* sqe, int fd, const std::byte* data,
+                                std::size_t len) noexcept {
+  const auto n = static_cast<unsigned>(std::min<std::size_t>(len, 0x7ffff000));
+  io_uring_prep_send_zc(sqe, fd, data, n, MSG_NOSIGNAL | MSG_WAITALL, 0);
+}
+
 // SIGPIPE from SIG_DFL to SIG_IGN, once per process (see the top of stream.hpp).
 void ignore_default_sigpipe() noexcept;
 } // namespace detail
@@ -131,6 +141,14 @@ public:
 
     template <class Pointer>
     void prepare_part(io_uring_sqe* sqe, int, Pointer data, std::size_t len, std::size_t) noexcept {
+      if constexpr (Sending) {
+        const std::size_t zc = this->owner_ring->zero_copy_threshold();
+        // TCP streams on real descriptors only (object_state says why).
+        if (zc != 0 && len >= zc && this->object->zero_copy_capable) {
+          detail::prep_zero_copy_send(sqe, this->object->fd, data, len);
+          return;
+        }
+      }
       detail::prep_stream_transfer<Sending>(sqe, this->object, data, len);
     }
     static std::error_code early_end() noexcept { return make_error_code(error::end_of_stream); }
@@ -179,9 +197,15 @@ public:
   // adopt it (runtime.hpp hands connections over this way); the stream is
   // then as if closed. std::logic_error while an operation is in flight.
   unique_fd release() { return unique_fd(handle_.release()); }
-  // The descriptor, or -1 once closed. Use it for socket options; closing it
-  // yourself breaks the guarantees above.
-  int native_handle() const noexcept { return handle_.fd(); }
+  // The descriptor, or -1 once closed (or for a direct descriptor, which has
+  // none). Use it for socket options; closing it yourself breaks the
+  // guarantees above.
+  int native_handle() const noexcept { return handle_.is_direct() ? -1 : handle_.fd(); }
+  // Whether the stream lives in the ring's file table only (a listener with
+  // listen_options::direct_descriptors accepted it): its reads and writes are
+  // requests on the slot; what needs a real descriptor (shutdown_write,
+  // socket options, addresses) fails with error::direct_descriptor.
+  bool is_direct() const noexcept { return handle_.is_direct(); }
   // The context the stream was opened on (a default-constructed stream has none).
   io_context& context() const noexcept { return handle_.ring_ptr()->context(); }
   // For operations built on top of streams (send_file).
@@ -191,6 +215,9 @@ protected:
   // For derived streams that know what fd is: no fstat.
   enum class kind { socket, other };
   stream(io_context& ctx, int fd, kind k);
+  // For derived streams on a direct descriptor (a socket).
+  stream(io_context& ctx, int slot, detail::direct_slot_t)
+      : handle_(ctx.ring(), slot, detail::direct_slot) {}
 
   detail::object_handle handle_;
 };

@@ -25,6 +25,13 @@ struct listen_options {
   int backlog = SOMAXCONN;
   bool reuse_address = true; // SO_REUSEADDR: restart while old connections sit in TIME_WAIT
   bool reuse_port = false;   // SO_REUSEPORT: several listeners share the port
+  // Accepted connections go straight into the ring's file table
+  // (IORING_FILE_INDEX_ALLOC) and never get a descriptor: no fd table
+  // lookups per request, no descriptor limit. The streams are is_direct():
+  // no socket options, addresses or shutdown_write on them (they fail with
+  // error::direct_descriptor). io_context_options::direct_descriptor_slots
+  // bounds how many are open at once (beyond: accept fails with ENFILE).
+  bool direct_descriptors = false;
 };
 
 class tcp_listener {

@@ -31,7 +31,12 @@ class tcp_stream : public stream {
 public:
   tcp_stream() noexcept = default;
   // Adopts fd, a connected TCP socket; closes it when destroyed.
-  tcp_stream(io_context& ctx, int fd) : stream(ctx, fd, kind::socket) {}
+  tcp_stream(io_context& ctx, int fd) : stream(ctx, fd, kind::socket) {
+    handle_.state()->zero_copy_capable = true;
+  }
+  // Adopts slot, a direct descriptor in ctx's file table (see is_direct()).
+  tcp_stream(io_context& ctx, int slot, detail::direct_slot_t)
+      : stream(ctx, slot, detail::direct_slot) {}
 
   // Opens a socket, binds it to options.local if given, and connects.
   static task<result<tcp_stream>> connect(io_context& ctx, endpoint remote,

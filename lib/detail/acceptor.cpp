@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cassert>
 #include <new>
+#include <system_error>
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,7 +20,14 @@ constexpr unsigned max_backoff_ms = 1000;
 
 // --- listener_core -------------------------------------------------------------
 
-listener_core::listener_core(io_context& ctx, int fd) : ctx_(&ctx) {
+listener_core::listener_core(io_context& ctx, int fd, bool direct) : ctx_(&ctx), direct_(direct) {
+  if (direct) {
+    if (const int err = ctx.ring().ensure_file_table(); err < 0) {
+      ::close(fd);
+      throw std::system_error(-err, std::system_category(),
+                              "couring: cannot register the file table for direct descriptors");
+    }
+  }
   // The memory first: if even that fails, fd is still ours to close. Once
   // the constructor runs, the acceptor's handle owns fd (and closes it if
   // the constructor throws).
@@ -29,7 +37,7 @@ listener_core::listener_core(io_context& ctx, int fd) : ctx_(&ctx) {
     throw std::bad_alloc();
   }
   try {
-    acceptor_ = ::new (memory) acceptor(ctx, fd);
+    acceptor_ = ::new (memory) acceptor(ctx, fd, direct);
   } catch (...) {
     ::operator delete(memory);
     throw;
@@ -47,11 +55,13 @@ void listener_core::close() noexcept {
 
 // --- accept_waiter ------------------------------------------------------------
 
-accept_waiter::accept_waiter(acceptor* a, ring* r) noexcept : acceptor_(a) {
+accept_waiter::accept_waiter(acceptor* a, ring* r, bool direct) noexcept
+    : acceptor_(a), direct_(direct) {
   this->owner_ring = r;
 }
 
-accept_waiter::accept_waiter(accept_waiter&& other) noexcept : acceptor_(other.acceptor_) {
+accept_waiter::accept_waiter(accept_waiter&& other) noexcept
+    : acceptor_(other.acceptor_), direct_(other.direct_) {
   // Only what is set before the await: res and friends are not yet.
   this->owner_ring = other.owner_ring;
   assert(!other.linked_ && "an accept awaitable moved while waiting");
@@ -98,9 +108,9 @@ bool accept_waiter::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
 
 // --- acceptor -------------------------------------------------------------------
 
-acceptor::acceptor(io_context& ctx, int fd)
+acceptor::acceptor(io_context& ctx, int fd, bool direct)
     : ring_(&ctx.ring()), handle_(ctx.ring(), fd), multishot_(ring_->multishot_accept_supported()),
-      queue_(std::make_unique<int[]>(queue_capacity)) {
+      direct_(direct), queue_(std::make_unique<int[]>(queue_capacity)) {
   accept_op_.owner_ring = ring_;
   accept_op_.object = handle_.state(); // the descriptor stays open while it is in flight
   accept_op_.owner = this;
@@ -167,8 +177,13 @@ void acceptor::remove_waiter(accept_waiter* w) noexcept {
 
 void acceptor::arm() {
   io_uring_sqe* sqe = ring_->get_sqe();
-  if (multishot_)
+  // Direct: no SOCK_CLOEXEC (the kernel refuses it: a slot is no descriptor).
+  if (multishot_ && direct_)
+    io_uring_prep_multishot_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0);
+  else if (multishot_)
     io_uring_prep_multishot_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  else if (direct_)
+    io_uring_prep_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC);
   else
     io_uring_prep_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   ring_->arm(sqe, &accept_op_);
@@ -215,7 +230,7 @@ void acceptor::hand_out(int res) noexcept {
     ring_->finish(w);
   } else if (res >= 0) {
     if (queue_full())
-      ::close(res); // beyond even the pause's slack: the peer sees a reset
+      discard(res); // beyond even the pause's slack: the peer sees a reset
     else
       push(res);
   } else if (queued_ == 0 || queue_[(first_ + queued_ - 1) % queue_capacity] >= 0) {
@@ -235,7 +250,7 @@ void acceptor::on_accept(operation* op) noexcept {
   if (res >= 0) {
     self->backoff_ms_ = 0;
     if (self->closed_) {
-      ::close(res); // nobody will take it
+      self->discard(res); // nobody will take it
     } else {
       self->hand_out(res);
       if (more && self->queued_ >= max_queued && self->state_ == state::accepting) {
@@ -262,7 +277,7 @@ void acceptor::on_accept(operation* op) noexcept {
 void acceptor::on_accept_abandoned(operation* op) noexcept {
   acceptor* self = static_cast<accept_record*>(op)->owner;
   if (op->res >= 0)
-    ::close(op->res); // teardown: nobody will take it
+    self->discard(op->res); // teardown: nobody will take it
   if ((op->cqe_flags & IORING_CQE_F_MORE) == 0)
     self->request_ended();
   self->maybe_delete();
@@ -311,12 +326,19 @@ void acceptor::close_and_release() noexcept {
   fail_all_waiters(ECANCELED);
   while (queued_ > 0)
     if (const int fd = pop(); fd >= 0)
-      ::close(fd);
+      discard(fd);
   if (state_ == state::backing_off)
     ring_->cancel(&backoff_op_);
   // Stops listening now; the descriptor goes once the accept request is in.
   handle_.close(ring::close_mode::listener);
   maybe_delete();
+}
+
+void acceptor::discard(int accepted) noexcept {
+  if (direct_)
+    ring_->close_direct(accepted);
+  else
+    ::close(accepted);
 }
 
 void acceptor::maybe_delete() noexcept {

@@ -31,7 +31,7 @@ namespace couring::detail {
 
 class acceptor {
 public:
-  acceptor(io_context& ctx, int fd);
+  acceptor(io_context& ctx, int fd, bool direct = false);
   acceptor(const acceptor&) = delete;
   acceptor& operator=(const acceptor&) = delete;
 
@@ -71,6 +71,8 @@ private:
   void end_waiter(accept_waiter* w, int err) noexcept;
   void fail_all_waiters(int err) noexcept;
   void maybe_delete() noexcept;
+  // Closes a connection nobody will take (a descriptor or a slot).
+  void discard(int accepted) noexcept;
 
   // Results accepted ahead of any accept(): descriptors (>= 0) or errors
   // (< 0), in a ring buffer allocated once, so that a completion never
@@ -89,6 +91,7 @@ private:
   bool closed_ = false;
   bool dispatching_ = false; // a resumed waiter may close the listener meanwhile
   bool multishot_;
+  bool direct_;
   unsigned backoff_ms_ = 0;
   std::unique_ptr<int[]> queue_;
   std::size_t first_ = 0;

@@ -147,6 +147,8 @@ ring::ring(io_context& ctx, const io_context_options& options) : ctx_(&ctx) {
   const unsigned sq = options.sq_entries == 0 ? 256 : std::max(options.sq_entries, 2u);
   const unsigned cq = options.cq_entries == 0 ? sq * 4 : options.cq_entries;
   multishot_accept_ = options.multishot_accept;
+  zero_copy_threshold_ = options.zero_copy_threshold;
+  file_table_slots_ = options.direct_descriptor_slots;
 
   std::string reason;
   const backend want = chosen_backend(options.backend, reason);
@@ -235,6 +237,8 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
                             "couring: this kernel's io_uring is too old: couring needs Linux "
                             "5.19 or newer (cancellation by descriptor, multishot accept)");
   }
+  // get_sqe's fast path assumes 64-byte SQEs and no SQ polling thread.
+  assert((ring_.flags & (IORING_SETUP_SQE128 | IORING_SETUP_SQPOLL)) == 0);
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
@@ -321,6 +325,34 @@ void ring::attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept {
   op->link_timeout_res = 0;
   ++op->outstanding;
   ++pending_;
+}
+
+void reset_connection(int fd) noexcept {
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  ::connect(fd, &unspec, sizeof unspec);
+}
+
+int ring::ensure_file_table() noexcept {
+  if (file_table_)
+    return 0;
+  if (file_table_slots_ == 0)
+    return -EINVAL;
+  const int err = register_files_sparse(file_table_slots_);
+  file_table_ = err == 0;
+  return err;
+}
+
+void ring::close_direct(int slot) noexcept {
+  try {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_close_direct(sqe, static_cast<unsigned>(slot));
+    io_uring_sqe_set_data64(sqe, 0);
+  } catch (...) {
+    // No SQE: empty the slot synchronously instead.
+    int none = -1;
+    io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1);
+  }
 }
 
 void ring::cancel(operation* op) noexcept {
@@ -420,6 +452,8 @@ object_state* ring::open_object(int fd) {
   s->fd = fd;
   s->closed = false;
   s->use_read_write = false;
+  s->direct = false;
+  s->zero_copy_capable = false;
   s->in_flight = 0;
   s->read_side = {};
   s->write_side = {};
@@ -432,16 +466,36 @@ void throw_wrong_thread() {
 }
 
 int ring::release_object(object_state* s) {
+  if (s->direct)
+    throw std::logic_error("couring: release() of a direct descriptor (it exists only in this "
+                           "ring's file table)");
   if (s->in_flight != 0 || s->read_side.active != nullptr || s->write_side.active != nullptr ||
       s->read_side.first_waiting != nullptr || s->write_side.first_waiting != nullptr)
     throw std::logic_error("couring: release() of an object with an operation in flight");
   const int fd = s->fd;
+  if (emu_ != nullptr)
+    emu_->forget(fd); // another context's epoll set takes it over
   s->closed = true;
   s->fd = -1;
   ++s->generation; // awaitables made before no longer match
   s->next_free = released_;
   released_ = s;
   return fd;
+}
+
+object_state* ring::open_direct_object(int slot) {
+  object_state* s = open_object(slot);
+  s->direct = true;
+  return s;
+}
+
+object_handle::object_handle(ring& r, int slot, direct_slot_t) : ring_(&r) {
+  try {
+    state_ = r.open_direct_object(slot);
+  } catch (...) {
+    r.close_direct(slot);
+    throw;
+  }
 }
 
 object_handle::object_handle(ring& r, int fd) : ring_(&r) {
@@ -477,8 +531,10 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   s->closed = true;
   if (foreign()) {
     // A fork() child dropping what it inherited: its descriptor table is
-    // its own, the rings are not. Close the child's copy and touch nothing.
-    ::close(s->fd);
+    // its own, the rings are not. Close the child's copy and touch nothing
+    // (a direct descriptor is the parent's ring's).
+    if (!s->direct)
+      ::close(s->fd);
     return;
   }
   cancel_waiting(*this, s->read_side);
@@ -493,7 +549,7 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
     release_descriptor(s);
     return;
   }
-  if (mode == close_mode::listener) {
+  if (mode == close_mode::listener && !s->direct) {
     // Stop listening now (a connect is refused from here on), even though
     // the descriptor itself waits for the accept request to complete.
     ::shutdown(s->fd, SHUT_RD);
@@ -503,12 +559,13 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
   // descriptor cannot reach anyone else's.
   try {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_prep_cancel_fd(
+        sqe, s->fd, IORING_ASYNC_CANCEL_ALL | (s->direct ? IORING_ASYNC_CANCEL_FD_FIXED : 0u));
     io_uring_sqe_set_data64(sqe, 0);
   } catch (...) {
     // No SQE: the requests complete on their own (a peer's data, a reset,
     // teardown); the descriptor is closed after the last of them.
-    if (mode == close_mode::stream)
+    if (mode == close_mode::stream && !s->direct)
       ::shutdown(s->fd, SHUT_RDWR); // makes them complete soon
   }
   if (!running_)
@@ -517,9 +574,15 @@ void ring::close_object(object_state* s, close_mode mode) noexcept {
 
 void ring::release_descriptor(object_state* s) noexcept {
   assert(s->closed && s->in_flight == 0 && s->fd >= 0);
-  if (emu_ != nullptr)
-    emu_->forget(s->fd); // out of the epoll set first: a dup would keep it there
-  ::close(s->fd);
+  // A slot is emptied only now, after the last request on it: the kernel
+  // cannot hand it to a new connection while one of ours still names it.
+  if (s->direct) {
+    close_direct(s->fd);
+  } else {
+    if (emu_ != nullptr)
+      emu_->forget(s->fd); // out of the epoll set first: a dup would keep it there
+    ::close(s->fd);
+  }
   s->fd = -1;
   ++s->generation; // an awaitable made before the close no longer matches
   s->next_free = released_;

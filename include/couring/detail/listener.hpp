@@ -7,6 +7,7 @@
 // its own stream type through accept_awaitable<Stream>.
 
 #include <coroutine>
+#include <type_traits>
 #include <utility>
 
 #include <couring/detail/cancel_scope.hpp>
@@ -27,7 +28,7 @@ class accept_waiter : public operation {
 public:
   static constexpr bool single_request = false;
 
-  accept_waiter(acceptor* a, ring* r) noexcept;
+  accept_waiter(acceptor* a, ring* r, bool direct = false) noexcept;
   accept_waiter(accept_waiter&& other) noexcept;
   accept_waiter& operator=(accept_waiter&&) = delete;
   ~accept_waiter();
@@ -42,6 +43,10 @@ public:
 private:
   friend class acceptor;
   acceptor* acceptor_;
+
+protected:
+  bool direct_; // res is a slot of the ring's file table
+private:
   accept_waiter* prev_ = nullptr; // in the acceptor's list of waiters
   accept_waiter* next_ = nullptr;
   bool linked_ = false;
@@ -56,6 +61,10 @@ public:
   result<Stream> await_resume() {
     if (this->res < 0)
       return errno_code(this->res);
+    if constexpr (std::is_constructible_v<Stream, io_context&, int, direct_slot_t>) {
+      if (this->direct_)
+        return Stream(this->owner_ring->context(), this->res, direct_slot);
+    }
     return Stream(this->owner_ring->context(), this->res);
   }
 };
@@ -66,15 +75,19 @@ public:
 class listener_core {
 public:
   listener_core() noexcept = default;
-  listener_core(io_context& ctx, int fd); // adopts fd (closed if this throws)
+  // Adopts fd (closed if this throws). direct: accepted connections go
+  // straight into the ring's file table (throws std::system_error if it
+  // cannot be registered).
+  listener_core(io_context& ctx, int fd, bool direct = false);
   listener_core(listener_core&& other) noexcept
       : acceptor_(std::exchange(other.acceptor_, nullptr)),
-        ctx_(std::exchange(other.ctx_, nullptr)) {}
+        ctx_(std::exchange(other.ctx_, nullptr)), direct_(other.direct_) {}
   listener_core& operator=(listener_core&& other) noexcept {
     if (this != &other) {
       close();
       acceptor_ = std::exchange(other.acceptor_, nullptr);
       ctx_ = std::exchange(other.ctx_, nullptr);
+      direct_ = other.direct_;
     }
     return *this;
   }
@@ -85,7 +98,7 @@ public:
   template <class Stream>
   accept_awaitable<Stream> accept() noexcept {
     // A closed listener's accept fails, but knows its context.
-    return accept_awaitable<Stream>(acceptor_, ctx_ != nullptr ? &ctx_->ring() : nullptr);
+    return accept_awaitable<Stream>(acceptor_, ctx_ != nullptr ? &ctx_->ring() : nullptr, direct_);
   }
   bool is_open() const noexcept { return acceptor_ != nullptr; }
   int native_handle() const noexcept;
@@ -94,6 +107,7 @@ public:
 private:
   acceptor* acceptor_ = nullptr;
   io_context* ctx_ = nullptr;
+  bool direct_ = false;
 };
 
 } // namespace couring::detail

@@ -115,6 +115,13 @@ struct object_state {
   // move bytes with IORING_OP_READ/WRITE instead of RECV/SEND, which fail
   // there with ENOTSOCK. Set once when the object is opened.
   bool use_read_write = false;
+  // fd is not a descriptor but a slot of the ring's file table (a direct
+  // descriptor, accepted with IORING_FILE_INDEX_ALLOC): every request on it
+  // carries IOSQE_FIXED_FILE, and releasing it closes the slot.
+  bool direct = false;
+  // A TCP stream on a real descriptor: write_all may use SEND_ZC (other
+  // socket families refuse it, and its cancellation needs the descriptor).
+  bool zero_copy_capable = false;
   object_side read_side;
   object_side write_side;
   object_state* next_free = nullptr;
@@ -162,12 +169,28 @@ public:
   bool can_send_messages() const noexcept { return msg_ring_; }
   // The thread that created the ring: the only one that may submit to it.
   bool on_owner_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+  // io_context_options::zero_copy_threshold (0: off).
+  std::size_t zero_copy_threshold() const noexcept { return zero_copy_threshold_; }
+  // The sparse file table direct descriptors live in, registered on first
+  // use with io_context_options::direct_descriptor_slots slots: 0 or -errno
+  // (-EOPNOTSUPP on epoll).
+  int ensure_file_table() noexcept;
+  // Empties a slot of the file table (IORING_OP_CLOSE with file_index).
+  void close_direct(int slot) noexcept;
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
   io_uring_sqe* get_sqe() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    return sqe != nullptr ? sqe : get_sqe_slow();
+    // io_uring_get_sqe without its run-time tests for SQPOLL and 128-byte
+    // SQEs, which this ring never sets up (the constructor checks): one
+    // plain load of the kernel's head, as liburing does without SQPOLL.
+    io_uring_sq& sq = ring_.sq;
+    const unsigned tail = sq.sqe_tail;
+    if (tail + 1 - IO_URING_READ_ONCE(*sq.khead) <= sq.ring_entries) [[likely]] {
+      sq.sqe_tail = tail + 1;
+      return &sq.sqes[tail & sq.ring_mask];
+    }
+    return get_sqe_slow();
   }
   // The SQE for op's request: with a linked timeout, the pair must be
   // adjacent in the ring, so room for both is made first.
@@ -187,8 +210,11 @@ public:
     io_uring_sqe_set_data(sqe, op);
     ++op->outstanding;
     ++pending_;
-    if (op->object != nullptr)
+    if (op->object != nullptr) {
       ++op->object->in_flight;
+      if (op->object->direct) [[unlikely]]
+        sqe->flags |= IOSQE_FIXED_FILE;
+    }
     if (op->link_timeout != nullptr) [[unlikely]]
       attach_link_timeout(sqe, op);
   }
@@ -253,6 +279,8 @@ public:
   // Gives s's descriptor up without closing it and recycles the record
   // (std::logic_error while an operation is in flight or waiting on it).
   int release_object(object_state* s);
+  // The same for a slot of the file table (a direct descriptor).
+  object_state* open_direct_object(int slot);
   enum class close_mode { stream, listener };
   // Marks the record closed, ends its waiting operations with ECANCELED,
   // cancels its requests in flight, and closes the descriptor once the last
@@ -353,6 +381,9 @@ private:
   bool multishot_accept_ = false;
   bool msg_ring_ = false;
   std::thread::id owner_ = std::this_thread::get_id();
+  std::size_t zero_copy_threshold_ = 0;
+  unsigned file_table_slots_ = 0;
+  bool file_table_ = false;
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;
@@ -387,9 +418,16 @@ inline void check_owner_thread([[maybe_unused]] const ring* r) {
 // record. Moving the object moves the handle; closing (or destroying) it hands
 // the record back to the ring, which closes the descriptor once nothing runs
 // on it any more.
+struct direct_slot_t {
+  explicit direct_slot_t() = default;
+};
+inline constexpr direct_slot_t direct_slot{};
+
 class object_handle {
 public:
   object_handle() noexcept = default;
+  // Adopts slot, a direct descriptor (closed if no record can be had).
+  object_handle(ring& r, int slot, direct_slot_t);
   // Adopts fd. If no record can be had (out of memory) fd is closed and
   // std::bad_alloc thrown: the descriptor is never leaked.
   object_handle(ring& r, int fd);
@@ -425,6 +463,7 @@ public:
 
   bool is_open() const noexcept { return state_ != nullptr; }
   int fd() const noexcept { return state_ != nullptr ? state_->fd : -1; }
+  bool is_direct() const noexcept { return state_ != nullptr && state_->direct; }
   // The ring, or nullptr for an object that was never opened.
   ring* ring_ptr() const noexcept { return ring_; }
   object_state* state() const noexcept { return state_; }

@@ -24,6 +24,10 @@
 
 namespace couring::detail {
 
+// Drops a TCP connection at once (RST), keeping the descriptor: what a
+// cancelled zero-copy send needs to get its pages back. In ring.cpp.
+void reset_connection(int fd) noexcept;
+
 template <class Derived, bool Sending>
 class transfer_all : public io_awaitable<Derived> {
   using base = io_awaitable<Derived>;
@@ -58,6 +62,29 @@ public:
 private:
   static void step(operation* op) noexcept {
     auto* self = static_cast<transfer_all*>(static_cast<Derived*>(op));
+    if (op->cqe_flags & IORING_CQE_F_MORE) {
+      // A zero-copy send's result: the kernel still holds the pages until
+      // its notification CQE (IORING_CQE_F_NOTIF) comes, so nothing goes on
+      // -- no re-arm, no resumption -- before that. Keep the result for then.
+      self->zc_res_ = op->res;
+      // Pages queued on a socket whose peer does not read would be held
+      // for as long as the connection lives: a cancellation (or a close)
+      // that comes now resets the connection to get them back.
+      if (op->object->closed || (op->scope != nullptr && op->scope->cancelled()))
+        abort_zero_copy(op);
+      else
+        op->cancel_fn = &abort_zero_copy;
+      return;
+    }
+    if (op->cqe_flags & IORING_CQE_F_NOTIF) {
+      op->res = self->zc_res_;
+      op->cancel_fn = nullptr;
+      if (self->aborted_) {
+        op->res = -ECANCELED;
+        op->owner_ring->finish(op);
+        return;
+      }
+    }
     if (op->res > 0) {
       self->done_ += static_cast<std::size_t>(op->res);
       if (self->done_ < self->buf_.size()) {
@@ -79,8 +106,22 @@ private:
     op->owner_ring->finish(op);
   }
 
+  // Resets the connection (connect(AF_UNSPEC) is tcp_disconnect: the
+  // queued data, and with it the pages, are dropped at once and the peer
+  // gets a RST); the notification then follows promptly.
+  static void abort_zero_copy(operation* op) noexcept {
+    auto* self = static_cast<transfer_all*>(static_cast<Derived*>(op));
+    op->cancel_fn = nullptr;
+    if (self->aborted_)
+      return;
+    self->aborted_ = true;
+    reset_connection(op->object->fd);
+  }
+
   span_type buf_;
   std::size_t done_ = 0;
+  bool aborted_ = false;
+  int zc_res_ = 0; // a zero-copy part's result while its notification is awaited
 };
 
 } // namespace couring::detail
