@@ -267,13 +267,23 @@ int ring::unregister_buffer_ring(unsigned bgid) {
 }
 
 int ring::register_buffers(const iovec* iovecs, unsigned n) {
+  if (emu_ == nullptr)
+    return io_uring_register_buffers(&ring_, iovecs, n);
   // On epoll READ_FIXED/WRITE_FIXED are plain reads and writes at sqe->addr:
-  // nothing to pin.
-  return emu_ != nullptr ? 0 : io_uring_register_buffers(&ring_, iovecs, n);
+  // nothing to pin, but one set per ring as on io_uring (EBUSY).
+  if (buffers_registered_)
+    return -EBUSY;
+  buffers_registered_ = true;
+  return 0;
 }
 
 int ring::unregister_buffers() {
-  return emu_ != nullptr ? 0 : io_uring_unregister_buffers(&ring_);
+  if (emu_ == nullptr)
+    return io_uring_unregister_buffers(&ring_);
+  if (!buffers_registered_)
+    return -ENXIO;
+  buffers_registered_ = false;
+  return 0;
 }
 
 int ring::register_files_sparse(unsigned n) {

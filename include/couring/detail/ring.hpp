@@ -384,6 +384,7 @@ private:
   std::size_t zero_copy_threshold_ = 0;
   unsigned file_table_slots_ = 0;
   bool file_table_ = false;
+  bool buffers_registered_ = false; // epoll: the kernel's one-set-per-ring rule, kept
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
   bool running_ = false;
