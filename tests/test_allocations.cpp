@@ -400,8 +400,8 @@ TEST_CASE("fixed reads/writes and zero-copy sends allocate nothing per operation
   };
   ctx.run(body());
   CHECK(failures == 0);
-  INFO("fixed write+read " << fixed << ", zero-copy write_all " << zero_copy << " in "
-                           << iterations << " iterations");
+  INFO("fixed write+read " << fixed << ", zero-copy write_all " << zero_copy << " in " << iterations
+                           << " iterations");
   CHECK(fixed == 0);
   CHECK(zero_copy == 0);
 }

@@ -12,8 +12,8 @@
 #include <couring/pipe.hpp>
 #include <couring/registered_buffers.hpp>
 #include <couring/resolve.hpp>
-#include <couring/runtime.hpp>
 #include <couring/result.hpp>
+#include <couring/runtime.hpp>
 #include <couring/send_file.hpp>
 #include <couring/signal_set.hpp>
 #include <couring/sleep.hpp>
