@@ -378,13 +378,13 @@ void ring::cancel(operation* op) noexcept {
 }
 
 void ring::submit_now() noexcept {
-  if (io_uring_sq_ready(&ring_) > 0 && emu_ != nullptr) [[unlikely]] {
+  if (io_uring_sq_ready(&ring_) == 0)
+    return;
+  if (emu_ != nullptr) [[unlikely]]
     emu_->submit();
-    ++enter_count_;
-  } else if (io_uring_sq_ready(&ring_) > 0) {
+  else
     io_uring_submit(&ring_);
-    ++enter_count_;
-  }
+  ++enter_count_;
 }
 
 void ring::enter(bool block) {
