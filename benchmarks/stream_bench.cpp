@@ -79,7 +79,8 @@ std::vector<unsigned char> make_table() {
     x ^= x << 17;
     t[i] = static_cast<unsigned char>(x >> 32);
   }
-  std::copy(t.begin(), t.begin() + kMaxChunk, t.begin() + kPeriod);
+  for (std::size_t i = kPeriod; i < t.size(); ++i) // kMaxChunk > kPeriod: not one copy
+    t[i] = t[i - kPeriod];
   return t;
 }
 
