@@ -354,7 +354,34 @@ int serve_couring(int fd, std::size_t size, std::string_view variant) {
   return ctx.run(couring_echo(s, size));
 }
 
+// For the smoke test of the checker itself (tests/stream_bench_smoke.sh): an
+// echo that alters one byte (corrupt) or stops half-way (short) must fail.
+int serve_faulty(int fd, std::size_t size, bool corrupt) {
+  std::vector<char> buf(size);
+  std::uint64_t total = 0;
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), size);
+    if (n <= 0)
+      return n == 0 ? 0 : 1;
+    if (corrupt && total <= 5'000'000 && total + static_cast<std::uint64_t>(n) > 5'000'000)
+      buf[5'000'000 - total] ^= 1;
+    total += static_cast<std::uint64_t>(n);
+    if (!corrupt && total > 5'000'000) {
+      // Ends the echo early, cleanly (the client reads end of stream), and
+      // swallows the rest so that no reset hides the short stream.
+      shutdown(fd, SHUT_WR);
+      while ((n = ::read(fd, buf.data(), size)) > 0) {
+      }
+      return 0;
+    }
+    if (!write_all_blocking(fd, buf.data(), static_cast<std::size_t>(n)))
+      return 1;
+  }
+}
+
 int serve(std::string_view name, int fd, std::size_t size) {
+  if (name == "faulty-corrupt" || name == "faulty-short")
+    return serve_faulty(fd, size, name == "faulty-corrupt");
   if (name == "blocking")
     return serve_blocking(fd, size);
   if (name == "epoll")
@@ -552,8 +579,10 @@ int main(int argc, char** argv) {
   }
   for (const auto& s : servers)
     if (std::find(std::begin(kServers), std::end(kServers), s) == std::end(kServers)) {
-      std::fprintf(stderr, "stream_bench: unknown server '%s'\n", s.c_str());
-      return 2;
+      if (s != "faulty-corrupt" && s != "faulty-short") {
+        std::fprintf(stderr, "stream_bench: unknown server '%s'\n", s.c_str());
+        return 2;
+      }
     }
   if (size == 0 || size > (1U << 30) || runs < 1) {
     std::fprintf(stderr, "stream_bench: bad --buffer or --runs\n");
