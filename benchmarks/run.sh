@@ -11,7 +11,8 @@
 # with the server pinned to CPU 0 and loadgen to CPU 1, and stops the server.
 # Results: SERVER_DIR/bench/servers.json, then a table and the server CPU time per round
 # trip ratios. Also runs SERVER_DIR/benchmarks/bench_ops (Google Benchmark) if it was
-# built, into SERVER_DIR/bench/ops.json. --plot draws docs/performance.png with gnuplot.
+# built, into SERVER_DIR/bench/ops.json, and benchmarks/stream_bench (one connection's
+# GB/s) into SERVER_DIR/bench/stream.json. --plot draws docs/performance.png with gnuplot.
 # Exits non-zero if any run had errors.
 set -uo pipefail
 
@@ -381,6 +382,16 @@ echo
 pool_args=()
 ((quick)) && pool_args+=(--quick)
 "$script_dir/pool_bench.sh" "$server_dir" "${pool_args[@]}" || failed=1
+
+# Single-stream echo (stream_bench): 4 GiB over one connection, every byte checked,
+# blocking / epoll / raw liburing / couring, 3 interleaved runs (--quick: 256 MiB, 1 run).
+if [[ -x $server_dir/benchmarks/stream_bench ]]; then
+  echo
+  echo "== single-stream echo, one connection (stream_bench)"
+  stream_args=(--runs 3 --json "$out_dir/stream.json")
+  ((quick)) && stream_args=(--quick --json "$out_dir/stream.json")
+  "$server_dir/benchmarks/stream_bench" "${stream_args[@]}" || failed=1
+fi
 
 echo "total time: $((SECONDS - start_time)) s"
 # Every core: echo_server --threads 1 and 2, and the cross-context hand-off.
