@@ -20,6 +20,8 @@
 //   couring        co_await stream.read(buf) -> co_await stream.write_all(...)
 //   couring2       couring, two buffers in lock step (when_all of a write_all
 //                  and a read)
+//   couring-pool   couring, co_await stream.receive(pool) -> write_all: a
+//                  pool of 4 buffers of --buffer bytes, one multishot receive
 //   couring-fixed  couring, read -> write_all through registered buffers
 //                  (read_fixed / write_fixed)
 //   couring-epoll  couring on its epoll backend (read -> write_all)
@@ -66,6 +68,7 @@ namespace {
 
 constexpr std::size_t kPeriod = 1'000'003;     // prime: no buffer size lines up with it
 constexpr std::size_t kMaxChunk = 1024 * 1024; // client send/receive chunk
+constexpr unsigned kPoolBuffers = 4;           // couring-pool, uring-pool: buffers in the ring
 constexpr int kTimeoutSeconds = 60;            // no progress for this long fails the run
 
 std::vector<unsigned char> make_table() {
@@ -339,6 +342,20 @@ couring::task<int> couring_echo_fixed(couring::stream& s, couring::registered_bu
   }
 }
 
+// The kernel fills pool buffers while the previous chunk is being sent (one
+// multishot receive): receiving and sending overlap with no second coroutine.
+couring::task<int> couring_echo_pool(couring::stream& s, couring::buffer_pool& pool) {
+  for (;;) {
+    auto chunk = co_await s.receive(pool);
+    if (!chunk)
+      co_return 1;
+    if (chunk->empty())
+      co_return 0;
+    if (!co_await s.write_all(chunk->data()))
+      co_return 1;
+  }
+}
+
 int serve_couring(int fd, std::size_t size, std::string_view variant) {
   couring::io_context_options o;
   if (variant == "couring-epoll")
@@ -347,6 +364,10 @@ int serve_couring(int fd, std::size_t size, std::string_view variant) {
   couring::tcp_stream s(ctx, fd);
   if (variant == "couring2")
     return ctx.run(couring_echo2(s, size));
+  if (variant == "couring-pool") {
+    couring::buffer_pool pool(ctx, kPoolBuffers, size);
+    return ctx.run(couring_echo_pool(s, pool));
+  }
   if (variant == "couring-fixed") {
     couring::registered_buffers bufs(ctx, 1, size);
     return ctx.run(couring_echo_fixed(s, bufs));
@@ -394,7 +415,7 @@ int serve(std::string_view name, int fd, std::size_t size) {
 }
 
 const char* const kServers[] = {"blocking", "epoll",         "uring",        "uring2",
-                                "couring",  "couring2",      "couring-fixed", "couring-epoll"};
+                                "couring",  "couring2",      "couring-pool", "couring-fixed", "couring-epoll"};
 
 // --- the client ---------------------------------------------------------------
 
@@ -568,7 +589,8 @@ int main(int argc, char** argv) {
         std::size_t q = list.find(',', p);
         if (q == std::string::npos)
           q = list.size();
-        servers.push_back(list.substr(p, q - p));
+        if (std::find(servers.begin(), servers.end(), list.substr(p, q - p)) == servers.end())
+          servers.push_back(list.substr(p, q - p));
         p = q + 1;
       }
     } else {
