@@ -24,6 +24,11 @@
 //                  pool of 4 buffers of --buffer bytes, one multishot receive
 //   couring-fixed  couring, read -> write_all through registered buffers
 //                  (read_fixed / write_fixed)
+//   couring-zc     couring with io_context_options::zero_copy_threshold = 16 KiB
+//                  (write_all sends with IORING_OP_SEND_ZC)
+//   uring-fixed    raw liburing, one registered buffer: READ_FIXED, then
+//                  SEND_ZC with IORING_RECVSEND_FIXED_BUF (does a registered
+//                  send pay? plain SEND refuses the flag)
 //   couring-epoll  couring on its epoll backend (read -> write_all)
 //
 // The client (the same for every server): one blocking socket, a sender thread
@@ -237,6 +242,59 @@ int serve_uring(int fd, std::size_t size) {
   }
 }
 
+// recv into a registered buffer (READ_FIXED), send out of it with
+// IORING_OP_SEND_ZC + IORING_RECVSEND_FIXED_BUF: the kernel (6.18) refuses
+// the flag on a plain IORING_OP_SEND (EINVAL), so a registered send is a
+// zero-copy one. liburing 2.3 has no helper for the fixed variant: the SQE is
+// set by hand. The buffer is reused only after the notification CQE.
+int serve_uring_fixed(int fd, std::size_t size) {
+  io_uring ring;
+  if (!setup_ring(ring))
+    return 1;
+  std::vector<char> buf(size);
+  iovec iov{buf.data(), size};
+  if (io_uring_register_buffers(&ring, &iov, 1) != 0)
+    return 1;
+  for (;;) {
+    io_uring_prep_read_fixed(io_uring_get_sqe(&ring), fd, buf.data(), static_cast<unsigned>(size),
+                             static_cast<__u64>(-1), 0);
+    int n = uring_one(ring);
+    if (n == 0)
+      return 0;
+    if (n < 0)
+      return 1;
+    for (int off = 0; off < n;) {
+      io_uring_sqe* s = io_uring_get_sqe(&ring);
+      io_uring_prep_send_zc(s, fd, buf.data() + off, static_cast<std::size_t>(n - off),
+                            MSG_NOSIGNAL, IORING_RECVSEND_FIXED_BUF);
+      s->buf_index = 0;
+      int w = 0;
+      bool more = true, got_result = false;
+      while (!got_result || more) { // the result, then (if F_MORE) the notification
+        io_uring_cqe* cqe = nullptr;
+        int r = io_uring_submit_and_wait(&ring, 1);
+        if (r < 0 && r != -EINTR)
+          return 1;
+        if (io_uring_peek_cqe(&ring, &cqe) != 0)
+          continue;
+        if (cqe->flags & IORING_CQE_F_NOTIF) {
+          more = false;
+        } else {
+          got_result = true;
+          w = cqe->res;
+          more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+        }
+        io_uring_cqe_seen(&ring, cqe);
+      }
+      if (w <= 0) {
+        std::fprintf(stderr, "stream_bench: uring-fixed: send: %s\n", std::strerror(-w));
+        return 1;
+      }
+      off += w;
+    }
+  }
+}
+
 // Two buffers in lock step: send buffer i while receiving into the other;
 // both requests go in with one submit, the loop waits for both.
 int serve_uring2(int fd, std::size_t size) {
@@ -360,6 +418,8 @@ int serve_couring(int fd, std::size_t size, std::string_view variant) {
   couring::io_context_options o;
   if (variant == "couring-epoll")
     o.backend = couring::backend::epoll;
+  if (variant == "couring-zc")
+    o.zero_copy_threshold = 16 * 1024; // every send of this benchmark is zero-copy
   couring::io_context ctx(o);
   couring::tcp_stream s(ctx, fd);
   if (variant == "couring2")
@@ -409,13 +469,15 @@ int serve(std::string_view name, int fd, std::size_t size) {
     return serve_epoll(fd, size);
   if (name == "uring")
     return serve_uring(fd, size);
+  if (name == "uring-fixed")
+    return serve_uring_fixed(fd, size);
   if (name == "uring2")
     return serve_uring2(fd, size);
   return serve_couring(fd, size, name);
 }
 
 const char* const kServers[] = {"blocking", "epoll",         "uring",        "uring2",
-                                "couring",  "couring2",      "couring-pool", "couring-fixed", "couring-epoll"};
+                                "couring",  "couring2",      "couring-pool", "couring-fixed", "couring-zc", "uring-fixed", "couring-epoll"};
 
 // --- the client ---------------------------------------------------------------
 
