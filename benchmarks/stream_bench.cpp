@@ -7,9 +7,9 @@
 //   stream_bench [--quick] [--bytes N] [--buffer N] [--runs R] [--sockbuf N]
 //                [--servers a,b,...] [--json FILE]
 //
-// Servers (each in a child process forked for its run, so that its CPU time is
-// exactly what wait4 reports; all use one buffer of --buffer bytes unless
-// said otherwise, and the same socket buffer sizes):
+// Servers, each in a child process forked for its run (so that its CPU time
+// is exactly what wait4 reports); all use one buffer of --buffer bytes unless
+// said otherwise, and the same socket buffer sizes:
 //   blocking       read(2) -> write(2) loop
 //   epoll          non-blocking, level-triggered: recv/send until EAGAIN, then
 //                  wait for the one readiness the loop needs
@@ -22,14 +22,14 @@
 //                  and a read)
 //   couring-pool   couring, co_await stream.receive(pool) -> write_all: a
 //                  pool of 4 buffers of --buffer bytes, one multishot receive
-//   couring-fixed  couring, read -> write_all through registered buffers
-//                  (read_fixed / write_fixed)
-//   couring-zc     couring with io_context_options::zero_copy_threshold = 16 KiB
-//                  (write_all sends with IORING_OP_SEND_ZC)
+//   couring-fixed  couring, read_fixed -> write_fixed (registered buffers)
+//   couring-epoll  couring on its epoll backend (read -> write_all)
+// Only when named with --servers (slow over loopback: see kExtraServers):
+//   couring-zc     couring with io_context_options::zero_copy_threshold =
+//                  16 KiB (write_all sends with IORING_OP_SEND_ZC)
 //   uring-fixed    raw liburing, one registered buffer: READ_FIXED, then
 //                  SEND_ZC with IORING_RECVSEND_FIXED_BUF (does a registered
 //                  send pay? plain SEND refuses the flag)
-//   couring-epoll  couring on its epoll backend (read -> write_all)
 //
 // The client (the same for every server): one blocking socket, a sender thread
 // that sends straight out of the pattern table, and the main thread receiving
@@ -358,12 +358,10 @@ couring::task<int> couring_echo(couring::stream& s, std::size_t size) {
   }
 }
 
-couring::task<couring::result<std::size_t>> read_part(couring::stream& s,
-                                                      std::span<std::byte> b) {
+couring::task<couring::result<std::size_t>> read_part(couring::stream& s, std::span<std::byte> b) {
   co_return co_await s.read(b);
 }
-couring::task<couring::result<void>> write_part(couring::stream& s,
-                                                std::span<const std::byte> b) {
+couring::task<couring::result<void>> write_part(couring::stream& s, std::span<const std::byte> b) {
   co_return co_await s.write_all(b);
 }
 
@@ -374,8 +372,8 @@ couring::task<int> couring_echo2(couring::stream& s, std::size_t size) {
     co_return 1;
   std::size_t n = *first;
   for (int i = 0; n > 0; i = 1 - i) {
-    auto [w, r] =
-        co_await couring::when_all(write_part(s, std::span(bufs[i]).first(n)), read_part(s, bufs[1 - i]));
+    auto [w, r] = co_await couring::when_all(write_part(s, std::span(bufs[i]).first(n)),
+                                             read_part(s, bufs[1 - i]));
     if (!w || !r)
       co_return 1;
     n = *r;
@@ -476,8 +474,13 @@ int serve(std::string_view name, int fd, std::size_t size) {
   return serve_couring(fd, size, name);
 }
 
-const char* const kServers[] = {"blocking", "epoll",         "uring",        "uring2",
-                                "couring",  "couring2",      "couring-pool", "couring-fixed", "couring-zc", "uring-fixed", "couring-epoll"};
+// Run by default, in this order (interleaved: every server once per run).
+const char* const kServers[] = {"blocking",     "epoll",         "uring",
+                                "uring2",       "couring",       "couring2",
+                                "couring-pool", "couring-fixed", "couring-epoll"};
+// Only with --servers: the zero-copy sends are 3 to 8 times slower over loopback
+// (README, "One connection"), and would dominate the run time.
+const char* const kExtraServers[] = {"couring-zc", "uring-fixed", "faulty-corrupt", "faulty-short"};
 
 // --- the client ---------------------------------------------------------------
 
@@ -509,7 +512,8 @@ run_result run_one(std::string_view server, std::uint64_t bytes, std::size_t siz
     die("fork");
   if (pid == 0) {
     // Bounded: a server that hangs is killed, and the client's timeouts end its run.
-    alarm(static_cast<unsigned>(std::max<std::uint64_t>(120, bytes >> 26)));
+    // (4 GiB through a zero-copy variant at 64 KiB takes about a minute.)
+    alarm(static_cast<unsigned>(std::max<std::uint64_t>(300, bytes >> 24)));
     int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0)
       die("accept");
@@ -538,7 +542,8 @@ run_result run_one(std::string_view server, std::uint64_t bytes, std::size_t siz
     std::atomic<bool> send_failed{false};
     std::thread sender([&] {
       for (std::uint64_t off = 0; off < bytes;) {
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kMaxChunk, bytes - off));
+        const std::size_t n =
+            static_cast<std::size_t>(std::min<std::uint64_t>(kMaxChunk, bytes - off));
         ssize_t w = ::send(fd, table.data() + off % kPeriod, n, MSG_NOSIGNAL);
         if (w <= 0) {
           if (w < 0 && errno == EINTR)
@@ -580,7 +585,8 @@ run_result run_one(std::string_view server, std::uint64_t bytes, std::size_t siz
     if (out.error.empty() && send_failed)
       out.error = "send failed";
     if (out.error.empty() && got != bytes)
-      out.error = "short stream: " + std::to_string(got) + " of " + std::to_string(bytes) + " bytes";
+      out.error =
+          "short stream: " + std::to_string(got) + " of " + std::to_string(bytes) + " bytes";
   }
   ::close(fd);
   int status = 0;
@@ -590,9 +596,11 @@ run_result run_one(std::string_view server, std::uint64_t bytes, std::size_t siz
       die("wait4");
   out.server_cpu = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                    static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
-  if (out.error.empty() && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-    out.error = WIFEXITED(status) ? "server exited " + std::to_string(WEXITSTATUS(status))
-                                  : "server killed by signal " + std::to_string(WTERMSIG(status));
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+    out.error +=
+        (out.error.empty() ? "" : "; ") +
+        (WIFEXITED(status) ? "server exited " + std::to_string(WEXITSTATUS(status))
+                           : "server killed by signal " + std::to_string(WTERMSIG(status)));
   out.ok = out.error.empty();
   return out;
 }
@@ -662,11 +670,11 @@ int main(int argc, char** argv) {
     }
   }
   for (const auto& s : servers)
-    if (std::find(std::begin(kServers), std::end(kServers), s) == std::end(kServers)) {
-      if (s != "faulty-corrupt" && s != "faulty-short") {
-        std::fprintf(stderr, "stream_bench: unknown server '%s'\n", s.c_str());
-        return 2;
-      }
+    if (std::find(std::begin(kServers), std::end(kServers), s) == std::end(kServers) &&
+        std::find(std::begin(kExtraServers), std::end(kExtraServers), s) ==
+            std::end(kExtraServers)) {
+      std::fprintf(stderr, "stream_bench: unknown server '%s'\n", s.c_str());
+      return 2;
     }
   if (size == 0 || size > (1U << 30) || runs < 1) {
     std::fprintf(stderr, "stream_bench: bad --buffer or --runs\n");
@@ -692,14 +700,26 @@ int main(int argc, char** argv) {
       failed |= !res.ok;
       all[s].push_back(res);
     }
-  std::printf("\n%-14s %s\n", "server", "GB/s per run (server CPU s/GiB)");
+  std::printf("\n%-14s %-8s %-8s %s\n", "server", "median", "CPU s/",
+              "GB/s per run (server CPU s/GiB)");
+  std::printf("%-14s %-8s %-8s\n", "", "GB/s", "GiB");
   FILE* j = json.empty() ? nullptr : std::fopen(json.c_str(), "w");
   if (j != nullptr)
     std::fprintf(j, "{\"bytes\": %llu, \"buffer\": %zu, \"sockbuf\": %d, \"servers\": {",
                  static_cast<unsigned long long>(bytes), size, sockbuf);
   bool first = true;
   for (const auto& s : servers) {
-    std::printf("%-14s", s.c_str());
+    // Medians over the runs (a failed run counts as 0 GB/s).
+    std::vector<double> g, c;
+    for (const auto& res : all[s]) {
+      g.push_back(res.ok ? static_cast<double>(bytes) / res.seconds / 1e9 : 0);
+      c.push_back(res.server_cpu / (static_cast<double>(bytes) / (1 << 30)));
+    }
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    };
+    std::printf("%-14s %6.2f   %6.3f  ", s.c_str(), median(g), median(c));
     if (j != nullptr)
       std::fprintf(j, "%s\"%s\": [", first ? "" : ", ", s.c_str());
     first = false;
