@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/stream_bench --quick (256 MiB echoed over one connection, every
-# byte checked) on every server, at two buffer sizes; then the checker itself:
+# byte checked) on every server, at two buffer sizes (the zero-copy variants
+# at one); then the checker itself:
 # a server that alters one byte and one that ends the echo early must fail the
 # run with the right diagnosis.
 #
@@ -15,6 +16,12 @@ for buffer in 64K 256K; do
     status=1
   fi
 done
+
+# The zero-copy variants, run only on request (one size: they are slow).
+if ! timeout --kill-after=5 150 "$bench" --quick --servers couring-zc,uring-fixed; then
+  echo "FAIL: stream_bench --quick --servers couring-zc,uring-fixed" >&2
+  status=1
+fi
 
 # expect_failure SERVER PATTERN: the run must exit 1 and say PATTERN.
 expect_failure() {
