@@ -538,6 +538,7 @@ run_result run_one(std::string_view server, std::uint64_t bytes, std::size_t siz
   const auto start = std::chrono::steady_clock::now();
   if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     out.error = std::string("connect: ") + std::strerror(errno);
+    kill(pid, SIGKILL); // it waits in accept for a client that will not come
   } else {
     std::atomic<bool> send_failed{false};
     std::thread sender([&] {
