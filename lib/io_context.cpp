@@ -338,10 +338,13 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
       run_ready();
       ring_.run_posted();
     }
-    process_remote_cancels();
+    // Both tested inline first: a loop turn with neither pays no call.
+    if (remote_pending_.load(std::memory_order_relaxed))
+      process_remote_cancels();
     // Messages from other threads: what they resume runs now, what they
     // spawn on the next turn (which then does not block).
-    run_messages();
+    if (!mailbox_.empty())
+      run_messages();
     const bool stop = stop_requested_.load(std::memory_order_acquire);
     if (root) {
       if (root.done())
@@ -361,7 +364,8 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
                : "couring: run(): spawned tasks are suspended, but no operation is in "
                  "flight that could resume them (deadlock)");
     }
-    flush_outbox();
+    if (outbox_head_ != nullptr) // a test inline, not a call per turn
+      flush_outbox();
     ring_.enter(idle);
     ring_.reap();
   }

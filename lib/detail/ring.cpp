@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace couring::detail {
@@ -387,14 +388,58 @@ void ring::submit_now() noexcept {
   ++enter_count_;
 }
 
+namespace {
+// io_uring_enter(2) without the C library's errno round trip: -errno or the
+// count. One syscall instruction on x86-64; syscall(2) elsewhere.
+int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags) noexcept {
+#if defined(__x86_64__)
+  long ret;
+  register long r10 __asm__("r10") = flags;
+  register long r8 __asm__("r8") = 0; // no signal mask
+  register long r9 __asm__("r9") = 0;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "0"(static_cast<long>(__NR_io_uring_enter)), "D"(static_cast<long>(fd)),
+                     "S"(static_cast<long>(to_submit)), "d"(static_cast<long>(min_complete)),
+                     "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return static_cast<int>(ret);
+#else
+  const long r = ::syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, nullptr, 0);
+  return r < 0 ? -errno : static_cast<int>(r);
+#endif
+}
+} // namespace
+
+void ring::reap_draining() noexcept {
+  reap_batch<true>();
+}
+
 void ring::enter(bool block) {
-  recycle_released();
+  if (released_ != nullptr) [[unlikely]]
+    recycle_released();
   if (emu_ != nullptr) [[unlikely]] {
     emu_->enter(block);
     ++enter_count_;
     return;
   }
-  int r = block ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
+  // What io_uring_submit_and_wait(1) / io_uring_submit_and_get_events do,
+  // without liburing's run-time tests for set-ups this ring never has
+  // (SQPOLL, IOPOLL, an unregistered ring when it is registered): publish the
+  // SQ tail, then one io_uring_enter that submits, runs the deferred task
+  // work (GETEVENTS) and, if block, waits for one CQE. This is the one
+  // system call per loop turn, so its user-space cost is paid per batch.
+  io_uring_sq& sq = ring_.sq;
+  const unsigned tail = sq.sqe_tail;
+  if (sq.sqe_head != tail) {
+    sq.sqe_head = tail;
+    io_uring_smp_store_release(sq.ktail, tail); // the kernel reads it in enter
+  }
+  const unsigned to_submit = tail - IO_URING_READ_ONCE(*sq.khead);
+  unsigned flags = IORING_ENTER_GETEVENTS;
+  if (features_.ring_fd_registered)
+    flags |= IORING_ENTER_REGISTERED_RING;
+  int r = sys_io_uring_enter(ring_.enter_ring_fd, to_submit, block ? 1 : 0, flags);
   ++enter_count_;
   if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
     broken_ = true;

@@ -20,6 +20,7 @@
 
 #include <liburing.h>
 #include <linux/time_types.h>
+#include <pthread.h>
 
 #include <couring/detail/cancel_scope.hpp>
 #include <couring/detail/message.hpp>
@@ -137,6 +138,19 @@ std::string describe_setup_failure(int err, int io_uring_disabled,
 // Returns 0 or the last error. Split out so that older kernels can be mimicked.
 int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, unsigned& accepted);
 
+// The calling thread's thread pointer (x86-64: %fs:0, the TCB's address,
+// which the TLS ABI stores there), one load; elsewhere pthread_self(). It
+// differs between live threads, like std::thread::id.
+inline const void* thread_pointer() noexcept {
+#if defined(__x86_64__)
+  const void* tp;
+  __asm__ volatile("mov %%fs:0, %0" : "=r"(tp));
+  return tp;
+#else
+  return reinterpret_cast<const void*>(pthread_self());
+#endif
+}
+
 class ring {
 public:
   // Sets the ring up (throws std::system_error saying why it cannot).
@@ -169,6 +183,9 @@ public:
   bool can_send_messages() const noexcept { return msg_ring_; }
   // The thread that created the ring: the only one that may submit to it.
   bool on_owner_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+  // The same test without a call into the C library: the thread pointer
+  // identifies the thread as well as its id does.
+  bool on_owner_thread_fast() const noexcept { return thread_pointer() == owner_tp_; }
   // io_context_options::zero_copy_threshold (0: off).
   std::size_t zero_copy_threshold() const noexcept { return zero_copy_threshold_; }
   // The sparse file table direct descriptors live in, registered on first
@@ -236,18 +253,13 @@ public:
   // each record runs: a resumed coroutine that submits a lot must not find
   // the CQ full of entries we have already read.
   void reap() noexcept {
-    io_uring_cq& cq = ring_.cq;
-    unsigned head = *cq.khead;
-    const unsigned tail = io_uring_smp_load_acquire(cq.ktail);
-    const unsigned mask = cq.ring_mask;
-    while (head != tail) {
-      const io_uring_cqe& c = cq.cqes[head & mask];
-      const std::uint64_t ud = c.user_data;
-      const int res = c.res;
-      const std::uint32_t flags = c.flags;
-      io_uring_smp_store_release(cq.khead, ++head);
-      dispatch(ud, res, flags);
+    // Teardown abandons instead of resuming; it is decided once per batch,
+    // not per CQE (nothing in a batch can start or end a teardown).
+    if (draining_) [[unlikely]] {
+      reap_draining();
+      return;
     }
+    reap_batch<false>();
   }
 
   // The completion protocol, the same for every operation: the operation is
@@ -273,6 +285,26 @@ public:
   bool run_posted();
   bool has_posted() const noexcept { return posted_head_ != nullptr; }
 
+private:
+  template <bool Draining>
+  void reap_batch() noexcept {
+    io_uring_cq& cq = ring_.cq;
+    unsigned head = *cq.khead;
+    const unsigned tail = io_uring_smp_load_acquire(cq.ktail);
+    const unsigned mask = cq.ring_mask;
+    while (head != tail) {
+      const io_uring_cqe& c = cq.cqes[head & mask];
+      const std::uint64_t ud = c.user_data;
+      const int res = c.res;
+      const std::uint32_t flags = c.flags;
+      io_uring_smp_store_release(cq.khead, ++head);
+      dispatch<Draining>(ud, res, flags);
+    }
+  }
+  // reap while the context is torn down (out of line: cold).
+  [[gnu::cold]] void reap_draining() noexcept;
+
+public:
   // --- I/O objects ----------------------------------------------------------
   // A state record for fd (owned from now on).
   object_state* open_object(int fd);
@@ -315,6 +347,7 @@ public:
   void count_parked(int delta) noexcept { parked_ += static_cast<std::size_t>(delta); }
 
 private:
+  template <bool Draining>
   void dispatch(std::uint64_t ud, int res, std::uint32_t flags) noexcept {
     // 0: ours, fire-and-forget (cancels). ~0: liburing's own timeout
     // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG. One compare for both.
@@ -329,14 +362,14 @@ private:
       op->link_timeout_res = res;
       --pending_;
       if (--op->outstanding == 0)
-        complete(op);
+        complete<Draining>(op);
       return;
     }
     auto* op = reinterpret_cast<operation*>(ud);
     op->res = res;
     op->cqe_flags = flags;
     if (flags & IORING_CQE_F_MORE) [[unlikely]] {
-      complete(op); // a multishot request goes on
+      complete<Draining>(op); // a multishot request goes on
       return;
     }
     --pending_;
@@ -347,10 +380,11 @@ private:
         release_descriptor(s);
     }
     if (--op->outstanding == 0)
-      complete(op);
+      complete<Draining>(op);
   }
+  template <bool Draining>
   void complete(operation* op) noexcept {
-    if (draining_) [[unlikely]] {
+    if constexpr (Draining) {
       if (op->on_abandon != nullptr)
         op->on_abandon(op);
     } else if (op->on_complete == nullptr) [[likely]] {
@@ -381,6 +415,7 @@ private:
   bool multishot_accept_ = false;
   bool msg_ring_ = false;
   std::thread::id owner_ = std::this_thread::get_id();
+  const void* owner_tp_ = thread_pointer();
   std::size_t zero_copy_threshold_ = 0;
   unsigned file_table_slots_ = 0;
   bool file_table_ = false;
@@ -407,10 +442,11 @@ private:
 [[noreturn]] void throw_wrong_thread();
 // Objects belong to the context that created them (its ring is single-issuer
 // and unsynchronised): starting an operation from another thread is a
-// std::logic_error. Debug builds only: a release build pays nothing for it.
+// std::logic_error. Debug builds only (NDEBUG not defined): there it costs
+// one load and compare of the thread pointer per operation, not a call.
 inline void check_owner_thread([[maybe_unused]] const ring* r) {
 #ifndef NDEBUG
-  if (r != nullptr && !r->on_owner_thread()) [[unlikely]]
+  if (r != nullptr && !r->on_owner_thread_fast()) [[unlikely]]
     throw_wrong_thread();
 #endif
 }
