@@ -90,7 +90,8 @@ TEST_CASE("receive delivers chunks in order, then end of stream") {
 
 TEST_CASE("leases are returned out of order and outlive their stream") {
   io_context ctx;
-  buffer_pool pool(ctx, 4, 64);
+  // One chunk per buffer (incremental consumption has a test of its own).
+  buffer_pool pool(ctx, 4, 64, {.incremental = false});
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
     std::vector<buffer_lease> held;
@@ -189,7 +190,7 @@ TEST_CASE("close with the multishot receive armed: the waiting receive ends, the
 
 TEST_CASE("close with chunks queued gives their buffers back") {
   io_context ctx;
-  buffer_pool pool(ctx, 4, 256);
+  buffer_pool pool(ctx, 4, 256, {.incremental = false, .bundle = false});
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
