@@ -128,6 +128,7 @@ public:
   bool stopped_ = false;
   bool inc_ = false;
   bool bundle_ = false;
+  buffer_pool_stats stats_{};
 
 private:
   struct buf_meta {
@@ -349,6 +350,7 @@ void pool_state::recycle(std::uint32_t bid) noexcept {
     return;
   }
   add_to_ring(bid);
+  ++stats_.recycled;
   wake_hungry();
 }
 
@@ -389,6 +391,7 @@ bool pool_state::push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off,
 bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res,
                          bool keep) noexcept {
   bool ok = true;
+  ++stats_.completions;
   const std::uint16_t slot = meta_[bid].slot;
   const auto mask = static_cast<std::uint16_t>(entries_ - 1);
   for (std::uint16_t i = 0; res > 0; ++i) {
@@ -400,6 +403,7 @@ bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res
     const std::uint32_t off = inc_ ? m.fill : 0;
     const std::uint32_t n = std::min(res, size_ - off);
     res -= n;
+    ++stats_.pieces;
     if (inc_)
       m.fill += n;
     if (!inc_ || m.fill == size_)
@@ -760,6 +764,9 @@ bool buffer_pool::incremental() const noexcept {
 }
 bool buffer_pool::bundled() const noexcept {
   return state_ != nullptr && state_->bundled();
+}
+buffer_pool_stats buffer_pool::stats() const noexcept {
+  return state_ != nullptr ? state_->stats_ : buffer_pool_stats{};
 }
 unsigned buffer_pool::group_id() const noexcept {
   return state_ != nullptr ? state_->bgid_ : 0;

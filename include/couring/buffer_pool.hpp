@@ -109,6 +109,13 @@ struct buffer_pool_options {
   std::size_t max_queued_chunks = 0;
 };
 
+// What a pool has done since it was made (figures, tests).
+struct buffer_pool_stats {
+  std::uint64_t completions = 0; // receive completions that brought data
+  std::uint64_t pieces = 0;      // buffer pieces they filled (> completions: bundles)
+  std::uint64_t recycled = 0;    // buffers given back to the kernel after use
+};
+
 class buffer_pool {
 public:
   // count buffers (1..32768) of size bytes (1..2^31), registered with ctx's
@@ -138,6 +145,7 @@ public:
   // receive is refused).
   bool incremental() const noexcept;
   bool bundled() const noexcept;
+  buffer_pool_stats stats() const noexcept;
   // The buffer group id on the ring.
   unsigned group_id() const noexcept;
 
