@@ -188,6 +188,8 @@ TEST_CASE("close with the multishot receive armed: the waiting receive ends, the
   ctx.run(body());
   CHECK(open_fd_count() == fds_before);
   CHECK(pool.available() == 4);
+  // The receive that was armed asked for bundles and INC where the kernel has them.
+  CHECK(pool.bundled() == (ctx.features().backend == couring::backend::io_uring));
 }
 
 TEST_CASE("close with chunks queued gives their buffers back") {
@@ -722,4 +724,34 @@ TEST_CASE("INC: out of chunk records, a stream ends with a clear error after its
   };
   ctx.run(body());
   CHECK(pool.available() == 2);
+}
+
+TEST_CASE("INC: close with chunks queued; a half-filled buffer stays with the kernel") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  if (!pool.incremental()) {
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("x")));
+    auto first = co_await p.server.receive(pool); // arms the multishot (bundles too)
+    require_ok(first);
+    // 1 + 600 bytes: buffer 0 full (255 more), buffer 1 full, buffer 2 has 89.
+    require_ok(co_await p.client.write_all(bytes(std::string(600, 'x'))));
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    CHECK(pool.available() == 2); // 0 and 1 are out; 2 is still being filled
+    p.server.close();
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    // Buffer 1 came back; 0 waits for the lease on "x".
+    CHECK(pool.available() == 3);
+    CHECK(text(first->data()) == "x");
+    first->release();
+    CHECK(pool.available() == 4);
+    CHECK(pool.stats().recycled == 2);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
 }
