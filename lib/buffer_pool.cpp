@@ -147,8 +147,10 @@ private:
   void add_to_ring(std::uint32_t bid) noexcept;
   bool push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off, std::uint32_t len) noexcept;
   // Cuts res bytes, from buffer bid on, into chunks for rc (or drops them
-  // if keep is false); false if a chunk found no record.
-  bool consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res, bool keep) noexcept;
+  // if keep is false); false if a chunk found no record. kernel_keeps_last:
+  // the CQE had IORING_CQE_F_BUF_MORE.
+  bool consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res, bool keep,
+               bool kernel_keeps_last) noexcept;
   // The kernel is done with bid (it left the ring).
   void left_ring(std::uint32_t bid) noexcept {
     meta_[bid].in_ring = false;
@@ -388,8 +390,8 @@ bool pool_state::push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off,
   return true;
 }
 
-bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res,
-                         bool keep) noexcept {
+bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res, bool keep,
+                         bool kernel_keeps_last) noexcept {
   bool ok = true;
   ++stats_.completions;
   const std::uint16_t slot = meta_[bid].slot;
@@ -406,7 +408,10 @@ bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res
     ++stats_.pieces;
     if (inc_)
       m.fill += n;
-    if (!inc_ || m.fill == size_)
+    // With INC the kernel says whether it keeps the last buffer
+    // (IORING_CQE_F_BUF_MORE): its word counts, though it agrees with ours
+    // (full or not). The buffers before it in a bundle are always full.
+    if (!inc_ || (res > 0 ? m.fill == size_ : !kernel_keeps_last))
       left_ring(bid);
     if (keep && !push(rc, bid, off, n))
       keep = ok = false; // no chunk record left: this and the rest are lost
@@ -583,7 +588,8 @@ void pool_state::on_cqe(operation* op) noexcept {
     if (flags & IORING_CQE_F_BUFFER) {
       const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
       if (res > 0) {
-        if (!p.consume(rc, bid, static_cast<std::uint32_t>(res), !closed && rc->end == 0)) {
+        if (!p.consume(rc, bid, static_cast<std::uint32_t>(res), !closed && rc->end == 0,
+                       (flags & IORING_CQE_F_BUF_MORE) != 0)) {
           // Out of chunk records (max_queued_chunks): a clear error after
           // what is queued, and no more receiving.
           rc->end = -ENOBUFS;
@@ -642,7 +648,8 @@ void pool_state::on_abandon(operation* op) noexcept {
   if (!was_poll && (op->cqe_flags & IORING_CQE_F_BUFFER)) {
     const auto bid = op->cqe_flags >> IORING_CQE_BUFFER_SHIFT;
     if (op->res > 0) {
-      p.consume(rc, bid, static_cast<std::uint32_t>(op->res), false);
+      p.consume(rc, bid, static_cast<std::uint32_t>(op->res), false,
+                (op->cqe_flags & IORING_CQE_F_BUF_MORE) != 0);
     } else if (!p.inc_) {
       p.left_ring(bid);
       p.recycle(bid);
