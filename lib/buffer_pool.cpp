@@ -52,9 +52,6 @@ namespace couring::detail {
 #ifndef IORING_RECVSEND_BUNDLE
 #define IORING_RECVSEND_BUNDLE (1U << 4)
 #endif
-#ifndef IORING_FEAT_RECVSEND_BUNDLE
-#define IORING_FEAT_RECVSEND_BUNDLE (1U << 14)
-#endif
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
@@ -206,10 +203,12 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size, const buffe
       meta_[bid].slot = static_cast<std::uint16_t>(bid);
     }
     io_uring_buf_ring_advance(br_, static_cast<int>(count_));
-    // A kernel without bundles says so in its features (and refuses the
-    // first bundled receive with EINVAL, handled too); the epoll backend
-    // reports none.
-    bundle_ = o.bundle && (r.features().kernel_features & IORING_FEAT_RECVSEND_BUNDLE) != 0;
+    // Probed by trying: a kernel without bundles (and the epoll backend)
+    // refuses the first bundled receive with EINVAL, and the pool asks no
+    // more (on_cqe). Any kernel that has multishot receive (6.0) checks the
+    // flag. (IORING_FEAT_RECVSEND_BUNDLE would tell beforehand, but then the
+    // fallback would never run where it is tested.)
+    bundle_ = o.bundle;
 
     // Group ids are per ring, and the ring knows which are taken: the first
     // one it accepts is ours.
