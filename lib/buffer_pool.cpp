@@ -9,8 +9,20 @@
 //     ENOBUFS, or the kernel stopping it, e.g. on CQ overflow), or
 //   - a one-shot IORING_OP_POLL_ADD (POLLIN): after ENOBUFS, to learn when
 //     the socket has data again without holding or asking for a buffer.
-// Chunks nobody waits for are queued in the receiver, linked through the
-// pool's per-buffer records (meta): no allocation per chunk.
+// Chunks nobody waits for are queued in the receiver, in chunk records
+// allocated with the pool (one per buffer without incremental consumption,
+// where a buffer holds one chunk; max_queued_chunks with it): no allocation
+// per chunk.
+//
+// Buffers and chunks. Each buffer has a record (meta): how far the kernel
+// has filled it (INC), how many chunks (queued or leased) are in it, its
+// slot in the ring, and whether it is in the ring. A CQE's bytes are cut
+// into chunks from its first buffer on (a bundle covers the buffers in the
+// ring slots that follow; with INC the first one starts where the kernel
+// left off). A buffer leaves the ring when the kernel is done with it:
+// always without INC, when full with it (our count of its bytes says so;
+// IORING_CQE_F_BUF_MORE agrees). It goes back once it is out of the ring
+// and its last chunk has ended.
 //
 // Back-pressure: when the pool is empty the kernel ends the multishot with
 // ENOBUFS and leaves the bytes in the socket buffer; once the socket is
@@ -35,6 +47,15 @@
 #include <unistd.h>
 
 namespace couring::detail {
+
+// liburing 2.3 lacks these (kernel 6.10 / 6.12 uapi).
+#ifndef IORING_RECVSEND_BUNDLE
+#define IORING_RECVSEND_BUNDLE (1U << 4)
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+constexpr std::uint16_t pbuf_ring_inc = 2; // IOU_PBUF_RING_INC
 
 namespace {
 constexpr std::uint32_t none = ~std::uint32_t{0};
@@ -63,11 +84,12 @@ struct pool_receiver : operation {
   bool hungry = false;
   bool woken = false;   // re-armed from the hungry list, no CQE yet
   bool counted = false; // its request counts as background work (count_internal)
+  bool bundled = false; // its receive asked for bundles
 };
 
 class pool_state {
 public:
-  pool_state(ring& r, std::size_t count, std::size_t size);
+  pool_state(ring& r, std::size_t count, std::size_t size, const buffer_pool_options& o);
   ~pool_state();
   pool_state(const pool_state&) = delete;
   pool_state& operator=(const pool_state&) = delete;
@@ -82,6 +104,8 @@ public:
   void arm_poll(pool_receiver* rc);
   void give_back(std::uint32_t bid) noexcept;
   void stop() noexcept;
+  bool incremental() const noexcept { return inc_; }
+  bool bundled() const noexcept { return bundle_; }
   void destroy(pool_receiver* rc) noexcept;
 
   static void on_cqe(operation* op) noexcept;
@@ -99,16 +123,42 @@ public:
   std::uint32_t entries_;
   std::uint16_t bgid_ = 0;
   bool stopped_ = false;
+  bool inc_ = false;
+  bool bundle_ = false;
+  buffer_pool_stats stats_{};
 
 private:
   struct buf_meta {
+    std::uint32_t fill = 0; // bytes the kernel put in it since it was added (INC)
+    std::uint32_t refs = 0; // chunks in it, queued or leased
+    std::uint16_t slot = 0; // its ring slot (the tail when it was added)
+    bool in_ring = true;    // the kernel may still write into it
+  };
+  struct chunk {
     std::uint32_t next;
+    std::uint32_t bid;
+    std::uint32_t off;
     std::uint32_t len;
   };
 
   void add_to_ring(std::uint32_t bid) noexcept;
-  void push(pool_receiver* rc, std::uint32_t bid, std::uint32_t len) noexcept;
-  void took_buffer() noexcept { ++out_; }
+  bool push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off, std::uint32_t len) noexcept;
+  // Cuts res bytes, from buffer bid on, into chunks for rc (or drops them
+  // if keep is false); false if a chunk found no record. kernel_keeps_last:
+  // the CQE had IORING_CQE_F_BUF_MORE.
+  bool consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res, bool keep,
+               bool kernel_keeps_last) noexcept;
+  // The kernel is done with bid (it left the ring).
+  void left_ring(std::uint32_t bid) noexcept {
+    meta_[bid].in_ring = false;
+    ++out_;
+  }
+  // bid is out of the ring and has no chunk: back to the kernel.
+  void recycle(std::uint32_t bid) noexcept;
+  void release_chunk(std::uint32_t c) noexcept {
+    chunks_[c].next = free_chunk_;
+    free_chunk_ = c;
+  }
   void make_hungry(pool_receiver* rc) noexcept;
   void leave_hungry(pool_receiver* rc) noexcept;
   void wake_hungry() noexcept;
@@ -122,7 +172,10 @@ private:
   std::byte* mem_ = nullptr;
   std::size_t mem_bytes_ = 0;
   std::unique_ptr<buf_meta[]> meta_;
-  std::uint32_t out_ = 0;   // buffers the kernel handed us that are not back yet
+  std::unique_ptr<chunk[]> chunks_;
+  std::uint32_t free_chunk_ = none;
+  std::size_t refs_ = 0;    // chunks in all buffers (a stopped pool waits for them)
+  std::uint32_t out_ = 0;   // buffers out of the ring, not back yet
   std::size_t live_ = 0;    // receivers in use
   std::uint32_t woken_ = 0; // hungry receivers re-armed that have not taken a buffer yet
   pool_receiver* hungry_head_ = nullptr;
@@ -131,9 +184,10 @@ private:
   std::vector<std::unique_ptr<pool_receiver[]>> slabs_;
 };
 
-pool_state::pool_state(ring& r, std::size_t count, std::size_t size)
+pool_state::pool_state(ring& r, std::size_t count, std::size_t size, const buffer_pool_options& o)
     : r_(&r), count_(static_cast<std::uint32_t>(count)), size_(static_cast<std::uint32_t>(size)),
       entries_(std::bit_ceil(static_cast<std::uint32_t>(count))) {
+  bool registered = false;
   try {
     br_bytes_ = page_round(entries_ * sizeof(io_uring_buf));
     br_ = static_cast<io_uring_buf_ring*>(map_anonymous(br_bytes_));
@@ -143,16 +197,26 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size)
     mem_ = static_cast<std::byte*>(map_anonymous(mem_bytes_));
     meta_ = std::make_unique<buf_meta[]>(count);
     io_uring_buf_ring_init(br_);
-    for (std::uint32_t bid = 0; bid < count_; ++bid)
+    for (std::uint32_t bid = 0; bid < count_; ++bid) {
       io_uring_buf_ring_add(br_, buffer(bid), size_, static_cast<unsigned short>(bid),
                             io_uring_buf_ring_mask(entries_), static_cast<int>(bid));
+      meta_[bid].slot = static_cast<std::uint16_t>(bid);
+    }
     io_uring_buf_ring_advance(br_, static_cast<int>(count_));
+    // Probed by trying: a kernel without bundles (and the epoll backend)
+    // refuses the first bundled receive with EINVAL, and the pool asks no
+    // more (on_cqe). Any kernel that has multishot receive (6.0) checks the
+    // flag. (IORING_FEAT_RECVSEND_BUNDLE would tell beforehand, but then the
+    // fallback would never run where it is tested.)
+    bundle_ = o.bundle;
 
     // Group ids are per ring, and the ring knows which are taken: the first
     // one it accepts is ours.
     io_uring_buf_reg reg{};
     reg.ring_addr = reinterpret_cast<std::uint64_t>(br_);
     reg.ring_entries = entries_;
+    // (liburing 2.3 calls the flags field pad.)
+    reg.pad = o.incremental ? pbuf_ring_inc : 0;
     for (unsigned id = 0;; ++id) {
       if (id > 0xffff)
         throw std::system_error(ENOSPC, std::system_category(),
@@ -161,13 +225,32 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size)
       const int err = r.register_buffer_ring(reg);
       if (err == 0) {
         bgid_ = static_cast<std::uint16_t>(id);
+        registered = true;
         break;
+      }
+      if (err == -EINVAL && reg.pad != 0) {
+        // A kernel before 6.12 (or the epoll backend): no INC; same id again.
+        reg.pad = 0;
+        --id;
+        continue;
       }
       if (err != -EEXIST)
         throw std::system_error(-err, std::system_category(),
                                 "couring: buffer_pool: cannot register the buffer ring");
     }
+    inc_ = reg.pad != 0;
+    // Without INC a buffer holds one chunk at most: one record each.
+    std::size_t n = count;
+    if (inc_)
+      n = o.max_queued_chunks != 0 ? o.max_queued_chunks : std::max<std::size_t>(1024, 64 * count);
+    if (n > none - 1)
+      n = none - 1;
+    chunks_ = std::make_unique<chunk[]>(n);
+    for (std::size_t i = n; i-- > 0;)
+      release_chunk(static_cast<std::uint32_t>(i));
   } catch (...) {
+    if (registered)
+      r.unregister_buffer_ring(bgid_); // before its memory goes
     if (mem_ != nullptr)
       ::munmap(mem_, mem_bytes_);
     if (br_ != nullptr)
@@ -208,6 +291,9 @@ void pool_state::arm_recv(pool_receiver* rc) {
   io_uring_prep_recv_multishot(sqe, rc->object->fd, nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bgid_;
+  if (bundle_)
+    sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+  rc->bundled = bundle_;
   r_->arm(sqe, rc);
   rc->in_kernel = pool_receiver::request::recv;
   if (!rc->counted) {
@@ -250,40 +336,102 @@ void pool_state::uncount(pool_receiver* rc) noexcept {
 }
 
 void pool_state::add_to_ring(std::uint32_t bid) noexcept {
+  // (The kernel moved the slot's address on while it filled the buffer
+  // incrementally: the buffer goes in whole again.)
+  meta_[bid] = {.fill = 0, .refs = 0, .slot = br_->tail, .in_ring = true};
   io_uring_buf_ring_add(br_, buffer(bid), size_, static_cast<unsigned short>(bid),
                         io_uring_buf_ring_mask(entries_), 0);
   io_uring_buf_ring_advance(br_, 1);
 }
 
-void pool_state::give_back(std::uint32_t bid) noexcept {
+void pool_state::recycle(std::uint32_t bid) noexcept {
   --out_;
   if (stopped_) {
     maybe_free();
     return;
   }
   add_to_ring(bid);
+  ++stats_.recycled;
   wake_hungry();
 }
 
-void pool_state::push(pool_receiver* rc, std::uint32_t bid, std::uint32_t len) noexcept {
-  meta_[bid] = {none, len};
+void pool_state::give_back(std::uint32_t bid) noexcept {
+  --refs_;
+  if (--meta_[bid].refs == 0 && !meta_[bid].in_ring)
+    recycle(bid);
+  else if (stopped_)
+    maybe_free();
+}
+
+bool pool_state::push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off,
+                      std::uint32_t len) noexcept {
+  if (rc->last != none) {
+    // The stream's previous chunk ends where this one starts (INC, nobody
+    // else's bytes in between): one chunk, one record.
+    chunk& l = chunks_[rc->last];
+    if (l.bid == bid && l.off + l.len == off) {
+      l.len += len;
+      return true;
+    }
+  }
+  const std::uint32_t c = free_chunk_;
+  if (c == none)
+    return false;
+  free_chunk_ = chunks_[c].next;
+  chunks_[c] = {none, bid, off, len};
+  ++meta_[bid].refs;
+  ++refs_;
   if (rc->last != none)
-    meta_[rc->last].next = bid;
+    chunks_[rc->last].next = c;
   else
-    rc->first = bid;
-  rc->last = bid;
+    rc->first = c;
+  rc->last = c;
+  return true;
+}
+
+bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res, bool keep,
+                         bool kernel_keeps_last) noexcept {
+  bool ok = true;
+  ++stats_.completions;
+  const std::uint16_t slot = meta_[bid].slot;
+  const auto mask = static_cast<std::uint16_t>(entries_ - 1);
+  for (std::uint16_t i = 0; res > 0; ++i) {
+    // A bundle goes on in the ring's next slots (always full buffers but
+    // the last, or the rest of the first one with INC).
+    if (i > 0)
+      bid = br_->bufs[static_cast<std::uint16_t>(slot + i) & mask].bid;
+    buf_meta& m = meta_[bid];
+    const std::uint32_t off = inc_ ? m.fill : 0;
+    const std::uint32_t n = std::min(res, size_ - off);
+    res -= n;
+    ++stats_.pieces;
+    if (inc_)
+      m.fill += n;
+    // With INC the kernel says whether it keeps the last buffer
+    // (IORING_CQE_F_BUF_MORE): its word counts, though it agrees with ours
+    // (full or not). The buffers before it in a bundle are always full.
+    if (!inc_ || (res > 0 ? m.fill == size_ : !kernel_keeps_last))
+      left_ring(bid);
+    if (keep && !push(rc, bid, off, n))
+      keep = ok = false; // no chunk record left: this and the rest are lost
+    if (m.refs == 0 && !m.in_ring)
+      recycle(bid);
+  }
+  return ok;
 }
 
 bool pool_state::take(pool_receiver* rc, pool_receive_awaitable& a) noexcept {
   pool_state& p = *rc->pool;
-  if (const std::uint32_t bid = rc->first; bid != none) {
-    rc->first = p.meta_[bid].next;
+  if (const std::uint32_t c = rc->first; c != none) {
+    const chunk& k = p.chunks_[c];
+    rc->first = k.next;
     if (rc->first == none)
       rc->last = none;
-    a.bid_ = bid;
-    a.len_ = p.meta_[bid].len;
-    a.data_ = p.buffer(bid);
+    a.bid_ = k.bid; // the lease takes over the chunk's count on its buffer
+    a.len_ = k.len;
+    a.data_ = p.buffer(k.bid) + k.off;
     a.res = 0;
+    p.release_chunk(c);
     return true;
   }
   if (rc->end != 0) {
@@ -362,10 +510,13 @@ void pool_state::destroy(pool_receiver* rc) noexcept {
   uncount(rc);
   // Chunks nobody took go back to the kernel.
   while (rc->first != none) {
-    const std::uint32_t bid = rc->first;
-    rc->first = meta_[bid].next;
+    const std::uint32_t c = rc->first;
+    const std::uint32_t bid = chunks_[c].bid;
+    rc->first = chunks_[c].next;
+    release_chunk(c);
     give_back(bid);
   }
+  rc->last = none;
   if (rc->object->read_side.active == rc)
     rc->object->read_side.active = nullptr;
   rc->on_complete = nullptr; // marks the slot free (stop() skips it)
@@ -376,7 +527,7 @@ void pool_state::destroy(pool_receiver* rc) noexcept {
 }
 
 void pool_state::maybe_free() noexcept {
-  if (stopped_ && live_ == 0 && out_ == 0)
+  if (stopped_ && live_ == 0 && out_ == 0 && refs_ == 0)
     delete this;
 }
 
@@ -435,13 +586,27 @@ void pool_state::on_cqe(operation* op) noexcept {
     p.settle_woken(rc);
     if (flags & IORING_CQE_F_BUFFER) {
       const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
-      p.took_buffer();
-      if (res > 0 && !closed && rc->end == 0)
-        p.push(rc, bid, static_cast<std::uint32_t>(res));
-      else
-        p.give_back(bid);
+      if (res > 0) {
+        if (!p.consume(rc, bid, static_cast<std::uint32_t>(res), !closed && rc->end == 0,
+                       (flags & IORING_CQE_F_BUF_MORE) != 0)) {
+          // Out of chunk records (max_queued_chunks): a clear error after
+          // what is queued, and no more receiving.
+          rc->end = -ENOBUFS;
+          if (more)
+            p.r_->cancel(rc);
+        }
+      } else if (!p.inc_) {
+        // Without INC the kernel used the buffer up, data or not (with
+        // INC it took nothing from it: it stays where it is).
+        p.left_ring(bid);
+        p.recycle(bid);
+      }
     }
-    if (!closed && rc->end == 0) {
+    if (!closed && rc->end == 0 && res == -EINVAL && rc->bundled && !more) {
+      // A kernel without bundles that did not say so: never ask again.
+      p.bundle_ = false;
+      p.try_arm(rc, true);
+    } else if (!closed && rc->end == 0) {
       if (res == 0) {
         rc->end = 1;
       } else if (res == -ENOBUFS) {
@@ -480,8 +645,14 @@ void pool_state::on_abandon(operation* op) noexcept {
     p.uncount(rc);
   }
   if (!was_poll && (op->cqe_flags & IORING_CQE_F_BUFFER)) {
-    p.took_buffer();
-    p.give_back(op->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+    const auto bid = op->cqe_flags >> IORING_CQE_BUFFER_SHIFT;
+    if (op->res > 0) {
+      p.consume(rc, bid, static_cast<std::uint32_t>(op->res), false,
+                (op->cqe_flags & IORING_CQE_F_BUF_MORE) != 0);
+    } else if (!p.inc_) {
+      p.left_ring(bid);
+      p.recycle(bid);
+    }
   }
   if (op->object->closed && rc->in_kernel == pool_receiver::request::none)
     p.destroy(rc);
@@ -571,12 +742,13 @@ bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scop
 
 namespace couring {
 
-buffer_pool::buffer_pool(io_context& ctx, std::size_t count, std::size_t size) {
+buffer_pool::buffer_pool(io_context& ctx, std::size_t count, std::size_t size,
+                         buffer_pool_options options) {
   if (count == 0 || count > 32768)
     throw std::invalid_argument("couring: buffer_pool: count must be 1..32768");
   if (size == 0 || size > (std::size_t{1} << 31))
     throw std::invalid_argument("couring: buffer_pool: size must be 1..2^31 bytes");
-  state_ = new detail::pool_state(ctx.ring(), count, size);
+  state_ = new detail::pool_state(ctx.ring(), count, size, options);
 }
 
 void buffer_pool::stop() noexcept {
@@ -592,6 +764,15 @@ std::size_t buffer_pool::buffer_size() const noexcept {
 }
 std::size_t buffer_pool::available() const noexcept {
   return state_ != nullptr ? state_->available() : 0;
+}
+bool buffer_pool::incremental() const noexcept {
+  return state_ != nullptr && state_->incremental();
+}
+bool buffer_pool::bundled() const noexcept {
+  return state_ != nullptr && state_->bundled();
+}
+buffer_pool_stats buffer_pool::stats() const noexcept {
+  return state_ != nullptr ? state_->stats_ : buffer_pool_stats{};
 }
 unsigned buffer_pool::group_id() const noexcept {
   return state_ != nullptr ? state_->bgid_ : 0;

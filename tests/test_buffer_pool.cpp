@@ -90,7 +90,8 @@ TEST_CASE("receive delivers chunks in order, then end of stream") {
 
 TEST_CASE("leases are returned out of order and outlive their stream") {
   io_context ctx;
-  buffer_pool pool(ctx, 4, 64);
+  // One chunk per buffer (incremental consumption has a test of its own).
+  buffer_pool pool(ctx, 4, 64, {.incremental = false});
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
     std::vector<buffer_lease> held;
@@ -156,6 +157,8 @@ TEST_CASE("1,000 connections share 8 buffers: order kept, nothing lost, nothing 
   ctx.run();
   CHECK(starved > 100); // the pool really was empty, often
   CHECK(failed == 0);
+  // With INC where the kernel has it (the default).
+  CHECK(pool.incremental() == (ctx.features().backend == couring::backend::io_uring));
   CHECK(complete == connections);
   CHECK(pool.available() == 8);
 }
@@ -185,11 +188,13 @@ TEST_CASE("close with the multishot receive armed: the waiting receive ends, the
   ctx.run(body());
   CHECK(open_fd_count() == fds_before);
   CHECK(pool.available() == 4);
+  // The receive that was armed asked for bundles and INC where the kernel has them.
+  CHECK(pool.bundled() == (ctx.features().backend == couring::backend::io_uring));
 }
 
 TEST_CASE("close with chunks queued gives their buffers back") {
   io_context ctx;
-  buffer_pool pool(ctx, 4, 256);
+  buffer_pool pool(ctx, 4, 256, {.incremental = false, .bundle = false});
   auto listener = loopback_listener(ctx);
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
@@ -388,6 +393,10 @@ TEST_CASE("CQ overflow (16-entry CQ) while multishot receives run: no lost data,
   ctx.run(body());
   CHECK(complete == connections);
   CHECK(pool.available() == 256);
+  // With bundles and INC (the defaults) where the kernel has them.
+  const bool uring = ctx.features().backend == couring::backend::io_uring;
+  CHECK(pool.bundled() == uring);
+  CHECK(pool.incremental() == uring);
 }
 
 TEST_CASE("a peer floods while the consumer holds every lease: bounded, nothing lost") {
@@ -452,4 +461,298 @@ TEST_CASE("receive on a stream that is not a socket: a clear error") {
   };
   ctx.run(body());
   CHECK(pool.available() == 2);
+}
+
+// --- incremental consumption (IOU_PBUF_RING_INC) and bundles --------------
+
+namespace {
+bool on_epoll(io_context& ctx) {
+  return ctx.features().backend == couring::backend::epoll;
+}
+
+// Sends each message on its own and waits until the server side took it
+// (so that every message is a completion of its own), keeping the leases.
+task<void> receive_one_each(couring::tcp_stream& server, couring::tcp_stream& client,
+                            buffer_pool& pool, std::vector<std::string> msgs,
+                            std::vector<buffer_lease>& held) {
+  for (const std::string& m : msgs) {
+    require_ok(co_await client.write_all(bytes(m)));
+    auto l = co_await server.receive(pool);
+    require_ok(l);
+    REQUIRE(text(l->data()) == m);
+    held.push_back(std::move(*l));
+  }
+}
+} // namespace
+
+TEST_CASE("INC: small messages share one buffer; it goes back after its last lease and the "
+          "kernel's last use") {
+  io_context ctx;
+  buffer_pool pool(ctx, 2, 1000); // incremental by default
+  if (!pool.incremental()) {
+    // The epoll backend refuses IOU_PBUF_RING_INC as an older kernel would.
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::vector<std::string> first, second;
+    for (int i = 0; i < 5; ++i)
+      first.push_back(std::string(100, static_cast<char>('a' + i)));
+    for (int i = 5; i < 10; ++i)
+      second.push_back(std::string(100, static_cast<char>('a' + i)));
+    std::vector<buffer_lease> held;
+    co_await receive_one_each(p.server, p.client, pool, first, held);
+    // Five messages, one buffer, back to back; the kernel still fills it.
+    for (std::size_t i = 1; i < held.size(); ++i)
+      CHECK(held[i].data().data() == held[i - 1].data().data() + 100);
+    CHECK(pool.available() == 2);
+    // Every lease given back (out of order): the half-full buffer stays in
+    // the kernel's hands, and the next message goes on where it stopped.
+    const std::byte* const start = held[0].data().data();
+    held[3].release();
+    held[0].release();
+    held.clear();
+    CHECK(pool.stats().recycled == 0);
+    co_await receive_one_each(p.server, p.client, pool, second, held);
+    CHECK(held[0].data().data() == start + 500);
+    // Full now: out of the ring, but leased.
+    CHECK(pool.available() == 1);
+    for (std::size_t i = 0; i < held.size(); ++i)
+      CHECK(text(held[i].data()) == second[i]); // nothing overwrote them
+    held[4].release();
+    held[1].release();
+    held[0].release();
+    held[3].release();
+    CHECK(pool.available() == 1);
+    CHECK(pool.stats().recycled == 0);
+    held[2].release(); // the last lease
+    CHECK(pool.available() == 2);
+    CHECK(pool.stats().recycled == 1);
+    CHECK(pool.stats().completions == 10);
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("INC: streams interleave in one buffer; chunks keep to their stream, in order") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 64 * 1024);
+  if (!pool.incremental()) {
+    // Without INC each of the 1,600 held chunks would take a buffer of its
+    // own: the test would wait for a buffer forever.
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  constexpr int streams = 8;
+  constexpr int rounds = 200;
+  auto body = [&]() -> task<void> {
+    std::vector<couring::tcp_stream> servers, clients;
+    for (int i = 0; i < streams; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      servers.push_back(std::move(p.server));
+      clients.push_back(std::move(p.client));
+    }
+    // Every lease held to the end: the kernel packs the streams' messages
+    // side by side, and none may run into another.
+    std::vector<std::vector<buffer_lease>> held(streams);
+    std::vector<std::size_t> at(streams, 0);
+    bool ok = true;
+    for (int r = 0; r < rounds; ++r) {
+      for (int i = 0; i < streams; ++i) {
+        const auto msg = pattern(200 + static_cast<std::uint64_t>(i), (r + 1) * 37 % 97 + 1);
+        // Each stream's bytes continue its own pattern.
+        std::vector<std::byte> cont(msg.size());
+        for (std::size_t k = 0; k < cont.size(); ++k)
+          cont[k] = pattern_byte(200 + static_cast<std::uint64_t>(i), at[i] + k);
+        require_ok(co_await clients[i].write_all(cont));
+        std::size_t got = 0;
+        while (got < cont.size()) {
+          auto l = co_await servers[i].receive(pool);
+          require_ok(l);
+          REQUIRE(!l->empty());
+          got += l->size();
+          held[i].push_back(std::move(*l));
+        }
+        at[i] += got;
+      }
+    }
+    for (int i = 0; i < streams; ++i) {
+      std::size_t k = 0;
+      for (const buffer_lease& l : held[i])
+        for (std::byte b : l.data())
+          ok = ok && b == pattern_byte(200 + static_cast<std::uint64_t>(i), k++);
+      CHECK(k == at[i]);
+    }
+    CHECK(ok);
+    CHECK(pool.stats().recycled == 0); // < 4 * 64 KiB in all: nothing went round
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("a message across many buffers arrives complete and in order (bundles, INC, neither)") {
+  const int mode = GENERATE(0, 1, 2, 3);
+  CAPTURE(mode);
+  io_context ctx;
+  buffer_pool pool(ctx, 64, 256, {.incremental = (mode & 1) != 0, .bundle = (mode & 2) != 0});
+  CHECK(pool.incremental() == ((mode & 1) != 0 && !on_epoll(ctx)));
+  auto listener = loopback_listener(ctx);
+  constexpr std::size_t total = 12 * 1024; // 48 buffers
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("x")));
+    auto first = co_await p.server.receive(pool); // arms the receive
+    require_ok(first);
+    first->release();
+    // All of it in the socket before the kernel picks buffers: bundles.
+    require_ok(co_await p.client.write_all(pattern(7, total)));
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    std::vector<buffer_lease> held;
+    std::size_t at = 0;
+    bool ok = true;
+    while (at < total) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), scaled(5s));
+      require_ok(l);
+      REQUIRE(!l->empty());
+      CHECK(l->size() <= 256);
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(7, at++);
+      held.push_back(std::move(*l));
+    }
+    CHECK(ok);
+    CHECK(at == total);
+    // The epoll backend refused the first bundled receive (EINVAL, as a
+    // kernel before 6.10): the pool went on without, and lost nothing.
+    CHECK(pool.bundled() == ((mode & 2) != 0 && !on_epoll(ctx)));
+    const auto st = pool.stats();
+    if (pool.bundled())
+      CHECK(st.pieces > st.completions); // some completion covered several buffers
+    else
+      CHECK(st.pieces == st.completions);
+    held.clear();
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 64);
+}
+
+TEST_CASE("starvation mid-bundle: 4 small buffers, 256 KiB, every lease held a while") {
+  const int mode = GENERATE(0, 1, 2);
+  CAPTURE(mode);
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256, {.incremental = mode == 0, .bundle = mode != 2});
+  auto listener = loopback_listener(ctx);
+  constexpr std::size_t total = 256 * 1024;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    auto sender = [&]() -> task<void> {
+      co_await send_and_shut(p.client, pattern(11, total));
+    };
+    ctx.spawn(sender());
+    std::vector<buffer_lease> held;
+    std::size_t at = 0;
+    bool ok = true;
+    int starved = 0;
+    for (;;) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), scaled(10s));
+      require_ok(l);
+      if (l->empty())
+        break;
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(11, at++);
+      held.push_back(std::move(*l));
+      if (pool.available() == 0) {
+        ++starved;
+        // Hold on: the bundle in the kernel finds the ring empty.
+        (void)co_await couring::sleep_for(ctx, 1ms);
+        held.clear();
+      }
+    }
+    CHECK(ok);
+    CHECK(at == total);
+    CHECK(starved > 10);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("INC: out of chunk records, a stream ends with a clear error after its data") {
+  io_context ctx;
+  buffer_pool pool(ctx, 2, 4096, {.max_queued_chunks = 4});
+  if (!pool.incremental()) {
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  constexpr int streams = 6;
+  auto body = [&]() -> task<void> {
+    std::vector<couring::tcp_stream> servers, clients;
+    for (int i = 0; i < streams; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      servers.push_back(std::move(p.server));
+      clients.push_back(std::move(p.client));
+    }
+    // Arm every receive (one message each, taken).
+    for (int i = 0; i < streams; ++i) {
+      require_ok(co_await clients[i].write_all(bytes("a")));
+      auto l = co_await servers[i].receive(pool);
+      require_ok(l);
+    }
+    // Then nobody receives: each stream's next message is a chunk of its
+    // own between the others' in the same buffer: 6 chunks, 4 records.
+    for (int i = 0; i < streams; ++i) {
+      require_ok(co_await clients[i].write_all(bytes(std::string(10, static_cast<char>('0' + i)))));
+      (void)co_await couring::sleep_for(ctx, 5ms);
+    }
+    int delivered = 0;
+    int refused = 0;
+    for (int i = 0; i < streams; ++i) {
+      auto l = co_await couring::with_timeout(servers[i].receive(pool), scaled(2s));
+      if (l) {
+        CHECK(text(l->data()) == std::string(10, static_cast<char>('0' + i)));
+        ++delivered;
+      } else {
+        CHECK(is(l.error(), std::errc::no_buffer_space));
+        ++refused;
+        // Sticky: the stream receives no more.
+        auto again = co_await servers[i].receive(pool);
+        CHECK(is(again.error(), std::errc::no_buffer_space));
+      }
+    }
+    CHECK(delivered == 4);
+    CHECK(refused == 2);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 2);
+}
+
+TEST_CASE("INC: close with chunks queued; a half-filled buffer stays with the kernel") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  if (!pool.incremental()) {
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("x")));
+    auto first = co_await p.server.receive(pool); // arms the multishot (bundles too)
+    require_ok(first);
+    // 1 + 600 bytes: buffer 0 full (255 more), buffer 1 full, buffer 2 has 89.
+    require_ok(co_await p.client.write_all(bytes(std::string(600, 'x'))));
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    CHECK(pool.available() == 2); // 0 and 1 are out; 2 is still being filled
+    p.server.close();
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    // Buffer 1 came back; 0 waits for the lease on "x".
+    CHECK(pool.available() == 3);
+    CHECK(text(first->data()) == "x");
+    first->release();
+    CHECK(pool.available() == 4);
+    CHECK(pool.stats().recycled == 2);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
 }

@@ -10,6 +10,21 @@
 // back to the kernel when the lease is destroyed or release()d, in any
 // order, from any point of the program on the context's thread.
 //
+// Incremental consumption (IOU_PBUF_RING_INC, kernel 6.12): a receive
+// takes only the bytes it used from a buffer and the kernel keeps filling
+// the same buffer, for any stream of the pool. A lease is then a slice of a
+// buffer, and a buffer goes back to the kernel once the kernel is done with
+// it (full) and every lease on it has ended. Small messages no longer cost a
+// whole buffer each.
+//
+// Bundled receives (IORING_RECVSEND_BUNDLE, kernel 6.10): one completion
+// covers several consecutive buffers of the ring; they arrive as
+// consecutive leases, in order.
+//
+// Both are used where the kernel has them and fall back by themselves
+// otherwise (and on the epoll backend, which refuses them as an older
+// kernel would); buffer_pool_options turns them off.
+//
 // Lifetime: a lease may outlive the stream it came from (even a closed one)
 // and the pool object itself. Destroying the pool stops it: the kernel gets
 // no more of its buffers (streams still receiving from it end with
@@ -80,12 +95,34 @@ private:
   std::uint32_t bid_ = 0;
 };
 
+struct buffer_pool_options {
+  // IOU_PBUF_RING_INC where the kernel has it (incremental() says whether).
+  bool incremental = true;
+  // IORING_RECVSEND_BUNDLE where the kernel has it (bundled() says whether).
+  bool bundle = true;
+  // With incremental consumption a buffer holds many chunks, so chunks that
+  // arrived while nobody waited are queued in records of their own: at most
+  // this many per pool (0: max(1024, 64 * count)), allocated with the pool.
+  // A stream whose chunk finds none left ends with no_buffer_space (ENOBUFS)
+  // after its queued data: take what arrives (or hold leases, which cost no
+  // record) rather than leave thousands of small chunks unread.
+  std::size_t max_queued_chunks = 0;
+};
+
+// What a pool has done since it was made (figures, tests).
+struct buffer_pool_stats {
+  std::uint64_t completions = 0; // receive completions that brought data
+  std::uint64_t pieces = 0;      // buffer pieces they filled (> completions: bundles)
+  std::uint64_t recycled = 0;    // buffers given back to the kernel after use
+};
+
 class buffer_pool {
 public:
   // count buffers (1..32768) of size bytes (1..2^31), registered with ctx's
   // ring under a buffer group id of its own. Throws std::invalid_argument on
   // bad sizes, std::system_error if the kernel refuses the ring.
-  buffer_pool(io_context& ctx, std::size_t count, std::size_t size);
+  buffer_pool(io_context& ctx, std::size_t count, std::size_t size,
+              buffer_pool_options options = {});
   buffer_pool(buffer_pool&& o) noexcept : state_(std::exchange(o.state_, nullptr)) {}
   buffer_pool& operator=(buffer_pool&& o) noexcept {
     if (this != &o) {
@@ -100,8 +137,15 @@ public:
 
   std::size_t count() const noexcept;
   std::size_t buffer_size() const noexcept;
-  // Buffers the kernel can pick right now (the others are leased or queued).
+  // Buffers the kernel can pick right now (the others are leased or queued;
+  // with incremental consumption, a buffer partly filled still counts).
   std::size_t available() const noexcept;
+  // Whether the kernel consumes buffers incrementally / bundles receives
+  // (asked for, and supported: bundled() turns false if the first bundled
+  // receive is refused).
+  bool incremental() const noexcept;
+  bool bundled() const noexcept;
+  buffer_pool_stats stats() const noexcept;
   // The buffer group id on the ring.
   unsigned group_id() const noexcept;
 

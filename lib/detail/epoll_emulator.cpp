@@ -708,6 +708,12 @@ epoll_emulator::outcome epoll_emulator::perform_recv(request& r) noexcept {
     r.cflags = 0;
     return outcome::done;
   }
+  // Bundles (IORING_RECVSEND_BUNDLE, 1U << 4) are not emulated: refused
+  // as a kernel before 6.10 would.
+  if ((s.ioprio & (1U << 4)) != 0) {
+    r.res = -EINVAL;
+    return outcome::done;
+  }
   // A buffer from the provided ring, taken only when data is there (a
   // receive that waits holds no buffer, as in the kernel).
   const bool multishot = (s.ioprio & IORING_RECV_MULTISHOT) != 0;
@@ -956,7 +962,9 @@ void epoll_emulator::forget(int fd) noexcept {
 }
 
 int epoll_emulator::register_buffer_ring(const io_uring_buf_reg& reg) {
-  if (reg.ring_entries == 0 || (reg.ring_entries & (reg.ring_entries - 1)) != 0 ||
+  // No flag is emulated (IOU_PBUF_RING_INC, IOU_PBUF_RING_MMAP): refused
+  // as a kernel that lacks them would, so that the pool falls back.
+  if (reg.pad != 0 || reg.ring_entries == 0 || (reg.ring_entries & (reg.ring_entries - 1)) != 0 ||
       reg.ring_addr == 0)
     return -EINVAL;
   if (find_buffer_ring(reg.bgid) != nullptr)
