@@ -372,10 +372,10 @@ bool io_context::spin_until_work() noexcept {
 // first polls (spin_until_work) for up to idle_spin_: an answer that comes
 // meanwhile costs this thread no sleep and the sender no wake-up.
 //  - Credit: a message that ends a short sleep (shorter than the bound)
-//    earns one, a spin that finds nothing spends one, a spin that catches
-//    work refills them (max_spin_credit). A context that receives no
-//    messages never spins; one whose messages stopped spins at most
-//    max_spin_credit more times.
+//    earns one, a spin that catches a message refills them
+//    (max_spin_credit), any other spin spends one (it found nothing, or
+//    only a timer or I/O). A context that receives no messages never spins;
+//    one whose messages stopped spins at most max_spin_credit more times.
 //  - Back-off: spins that keep finding nothing (the answer takes longer than
 //    the bound, or the answering thread shares this CPU and cannot run while
 //    this one spins, or this thread was preempted) skip an exponentially
@@ -413,13 +413,21 @@ void io_context::wait_idle() {
     hit = hit || !mailbox_.empty();
     if (hit) {
       ++spin_hits_;
-      spin_credit_ = max_spin_credit;
       spin_misses_ = 0;
+      const std::uint64_t messages = ring_.messages_received();
+      const bool message = !mailbox_.empty();
       ring_.reap();
       if (ring_.completions_waiting()) { // task work: only an enter runs it
         ring_.enter(false);
         ring_.reap();
       }
+      // Only messages keep the spin going: a spin that caught a timer or
+      // a socket spends credit, so a loop without cross-context traffic
+      // soon stops spinning whatever else it does.
+      if (message || ring_.messages_received() != messages)
+        spin_credit_ = max_spin_credit;
+      else
+        --spin_credit_;
       return;
     }
     missed = true;

@@ -100,9 +100,8 @@ int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, uns
   // before COOP_TASKRUN: the kernel then raises IORING_SQ_TASKRUN when it
   // queues work for us, which io_context's idle spin polls.
   static constexpr unsigned wanted_flags[] = {
-      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER,
-      IORING_SETUP_TASKRUN_FLAG,  IORING_SETUP_COOP_TASKRUN,
-      IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
+      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_TASKRUN_FLAG,
+      IORING_SETUP_COOP_TASKRUN,  IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
   };
   unsigned flags = 0;
   for (unsigned f : wanted_flags)
