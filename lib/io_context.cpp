@@ -346,7 +346,7 @@ void io_context::run_ready() {
   }
 }
 
-bool io_context::spin_until_work() noexcept {
+io_context::spin_end io_context::spin_until_work() noexcept {
   auto now = std::chrono::steady_clock::now();
   const auto deadline = now + idle_spin_;
   for (;;) {
@@ -357,13 +357,15 @@ bool io_context::spin_until_work() noexcept {
     if (ring_.completions_waiting() || !mailbox_.empty() ||
         stop_requested_.load(std::memory_order_relaxed) ||
         remote_pending_.load(std::memory_order_relaxed))
-      return true;
+      return spin_end::work;
     const auto before = now;
     now = std::chrono::steady_clock::now();
     // A gap between two looks means this thread was preempted: the CPUs
     // are oversubscribed, and spinning takes them from whoever would answer.
-    if (now >= deadline || now - before > spin_preempted_gap)
-      return false;
+    if (now - before > spin_preempted_gap)
+      return spin_end::preempted;
+    if (now >= deadline)
+      return spin_end::timeout;
   }
 }
 
@@ -408,14 +410,22 @@ void io_context::wait_idle() {
     // again (both seq_cst, against their push and then load) means that a
     // message either woke the eventfd or is seen here.
     spinning_.store(true, std::memory_order_seq_cst);
-    bool hit = spin_until_work();
+    const spin_end end = spin_until_work();
     spinning_.store(false, std::memory_order_seq_cst);
-    hit = hit || !mailbox_.empty();
-    if (hit) {
+    const std::uint64_t messages = ring_.messages_received();
+    const bool message = !mailbox_.empty();
+    const bool work = end == spin_end::work || message || ring_.completions_waiting();
+    if (end == spin_end::work || (work && end == spin_end::timeout)) {
       ++spin_hits_;
       spin_misses_ = 0;
-      const std::uint64_t messages = ring_.messages_received();
-      const bool message = !mailbox_.empty();
+    } else {
+      // Nothing came, or it came while this thread was preempted (then the
+      // answer may have needed this very CPU): back off.
+      missed = true;
+      spin_misses_ = std::min(spin_misses_ + 1, max_spin_skip_shift);
+      spin_skip_ = (1u << spin_misses_) - 2; // 0, 2, 6, 14, ...
+    }
+    if (work) {
       ring_.reap();
       if (ring_.completions_waiting()) { // task work: only an enter runs it
         ring_.enter(false);
@@ -424,16 +434,13 @@ void io_context::wait_idle() {
       // Only messages keep the spin going: a spin that caught a timer or
       // a socket spends credit, so a loop without cross-context traffic
       // soon stops spinning whatever else it does.
-      if (message || ring_.messages_received() != messages)
+      if (!missed && (message || ring_.messages_received() != messages))
         spin_credit_ = max_spin_credit;
       else
         --spin_credit_;
       return;
     }
-    missed = true;
     --spin_credit_;
-    spin_misses_ = std::min(spin_misses_ + 1, max_spin_skip_shift);
-    spin_skip_ = (1u << spin_misses_) - 2; // 0, 2, 6, 14, ...
   }
   const std::uint64_t messages = ring_.messages_received();
   const auto start = std::chrono::steady_clock::now();

@@ -754,20 +754,19 @@ TEST_CASE("idle_spin: no wake-up is lost when a message arrives as the spin ends
 }
 
 TEST_CASE("idle_spin: stop() while a context spins") {
+  // Context 1 posts to context 0 every millisecond: context 0, asleep in
+  // run's task, keeps its credit and spins (up to 10 ms at a time) between
+  // the messages. stop() from another thread, while it spins, ends run.
   runtime rt(with_spin(2, max_idle_spin));
-  std::atomic<bool> idle{false};
   std::atomic<bool> seen_spinning{false};
+  std::atomic<std::uint64_t> delivered{0};
   std::chrono::steady_clock::time_point stopped_at;
   test_support::joining_thread stopper([&] {
-    // Context 0 earns its credit in the ping-pong, then sleeps: it spins
-    // (up to 10 ms at a time) before it blocks. Stop it while it does.
-    for (int i = 0; i < 30'000 && !idle; ++i)
-      std::this_thread::sleep_for(1ms);
-    for (int i = 0; i < 2'000'000 && !seen_spinning; ++i) {
-      if (rt.context(0).spinning())
+    for (int i = 0; i < 20'000 && !seen_spinning; ++i) {
+      if (delivered > 20 && rt.context(0).spinning())
         seen_spinning = true;
       else
-        std::this_thread::yield();
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
     stopped_at = std::chrono::steady_clock::now();
     rt.stop();
@@ -775,17 +774,17 @@ TEST_CASE("idle_spin: stop() while a context spins") {
   bool cancelled = false;
   rt.run([&]() -> task<void> {
     io_context& a = rt.context(0);
-    for (int attempt = 0; attempt < 50 && !seen_spinning; ++attempt) {
-      (void)co_await ping_pong(a, rt.context(1), 200);
-      idle = true;
-      auto r = co_await sleep_for(a, 20ms);
-      if (!r) {
-        cancelled = r.error() == std::errc::operation_canceled;
-        co_return;
+    io_context& b = rt.context(1);
+    auto poster = [](io_context& from, io_context& to,
+                     std::atomic<std::uint64_t>& count) -> task<void> {
+      for (;;) {
+        if (!post(to, [&count] { count.fetch_add(1); }))
+          co_return;
+        if (!co_await sleep_for(from, 1ms))
+          co_return;
       }
-    }
-    // Not seen spinning (a machine too loaded for any short wake-up):
-    // stop() still ends this sleep.
+    };
+    spawn_on(b, poster(b, a, delivered));
     auto r = co_await sleep_for(a, 1h);
     cancelled = !r && r.error() == std::errc::operation_canceled;
   }());
@@ -793,10 +792,11 @@ TEST_CASE("idle_spin: stop() while a context spins") {
   stopper.join();
   const auto latency = returned_at - stopped_at;
   CHECK(cancelled);
+  CHECK(seen_spinning);
   CHECK(latency < 5s);
   const double stop_us = std::chrono::duration<double, std::micro>(latency).count();
-  WARN("seen spinning when stopped: " << seen_spinning.load() << "; stop took " << stop_us
-                                      << " us");
+  WARN("stop while spinning took " << stop_us << " us; " << rt.context(0).spin_count()
+                                   << " spins on context 0");
 }
 
 TEST_CASE("idle_spin: a context whose messages stopped stops spinning and blocks") {

@@ -154,7 +154,8 @@ private:
   bool run_messages() noexcept;
   void flush_outbox() noexcept;
   void wait_idle();
-  bool spin_until_work() noexcept;
+  enum class spin_end { work, timeout, preempted };
+  spin_end spin_until_work() noexcept;
 
   detail::ring ring_;
   std::thread::id owner_;
