@@ -3,12 +3,18 @@
 # cross-context hand-off micro-benchmark (benchmarks/bench_handoff).
 #
 #   benchmarks/threads_bench.sh BUILD_DIR [--quick] [--threads "1 2"] [--connections "50 500"]
+#                                         [--repeat N] [--duration S]
 #                                         [--server-cpus LIST] [--load-cpus LIST]
 #
 # For each thread count x connection count x mode (reuseport, and handoff for
 # N > 1) it starts echo_server PORT --threads N, runs loadgen (64-byte
 # ping-pong, 0.5 s warmup + 3 s, 1 s with --quick) and prints round trips per
-# second and the server's CPU time per round trip (all its threads). Server
+# second, the server's CPU time per round trip (all its threads) and its
+# context switches per round trip (voluntary: a thread went to sleep in
+# io_uring_enter; involuntary: it was preempted; counted from
+# /proc/PID/task/*/status over warmup + run, so approximate). --repeat N runs
+# the whole list N times, interleaved (every configuration once, then again),
+# so that a noisy machine's load is shared alike; compare within a round. Server
 # CPU per round trip must not grow with threads; round trips per second show
 # the scaling -- on a machine with more cores than this 2-core one. There,
 # give the server N cores and the load generator others, e.g.
@@ -22,11 +28,14 @@ shift
 threads="1 2"
 conns="50 500"
 duration=3
+repeat=1
 server_cpus=""
 load_cpus=""
 while (($#)); do
   case $1 in
   --quick) duration=1 ;;
+  --duration) duration=$2; shift ;;
+  --repeat) repeat=$2; shift ;;
   --threads) threads=$2; shift ;;
   --connections) conns=$2; shift ;;
   --server-cpus) server_cpus=$2; shift ;;
@@ -42,7 +51,14 @@ pin() { [[ -n $1 ]] && command -v taskset >/dev/null && echo "taskset -c $1"; }
 failed=0
 echo "== echo_server --threads: 64-byte round trips, ${duration} s per run" \
   "(server CPUs: ${server_cpus:-any}, loadgen CPUs: ${load_cpus:-any})"
-printf '%-8s %-10s %6s %14s %18s\n' threads mode conns round_trips/s server_us/round_trip
+# Context switches of every thread of process $1: "voluntary involuntary".
+ctxsw() {
+  awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {i += $2}
+       END {print v + 0, i + 0}' /proc/"$1"/task/*/status 2>/dev/null
+}
+printf '%-6s %-8s %-10s %6s %14s %18s %12s %12s\n' round threads mode conns round_trips/s \
+  server_us/round_trip vol_csw/rt invol_csw/rt
+for round in $(seq "$repeat"); do
 for n in $threads; do
   modes=reuseport
   ((n > 1)) && modes="reuseport handoff"
@@ -65,9 +81,11 @@ for n in $threads; do
         failed=1
         continue
       fi
+      read -r v0 i0 <<<"$(ctxsw "$pid")"
       # shellcheck disable=SC2046
       line=$($(pin "$load_cpus") "$loadgen" --port "$port" --connections "$c" --size 64 \
         --duration "$duration" --warmup 0.5 --server-pid "$pid" 2>&1 | tail -1)
+      read -r v1 i1 <<<"$(ctxsw "$pid")"
       kill -TERM "$pid"
       wait "$pid" || { echo "echo_server --threads $n exited with an error" >&2; failed=1; }
       rm -f "$log"
@@ -75,9 +93,14 @@ for n in $threads; do
       cpu=$(sed -n 's/.*server_cpu_us_per_round_trip=\([0-9.]*\).*/\1/p' <<<"$line")
       errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
       [[ ${errors:-1} == 0 ]] || { echo "loadgen: $line" >&2; failed=1; }
-      printf '%-8s %-10s %6s %14s %18s\n' "$n" "$mode" "$c" "${rate:-?}" "${cpu:-?}"
+      # Per round trip over warmup + run (loadgen's rate times both).
+      per_rt() { awk -v d="$1" -v r="${rate:-0}" -v t="$duration" \
+        'BEGIN {if (r > 0) printf "%.3f", d / (r * (t + 0.5)); else print "?"}'; }
+      printf '%-6s %-8s %-10s %6s %14s %18s %12s %12s\n' "$round" "$n" "$mode" "$c" "${rate:-?}" \
+        "${cpu:-?}" "$(per_rt $((v1 - v0)))" "$(per_rt $((i1 - i0)))"
     done
   done
+done
 done
 if [[ -x $dir/benchmarks/bench_handoff ]]; then
   echo "== cross-context hand-off (bench_handoff)"

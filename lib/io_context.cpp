@@ -1,6 +1,7 @@
 #include <couring/io_context.hpp>
 #include <couring/switch_to.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -91,10 +92,44 @@ spawned_frame spawn_wrapper(io_context& ctx, task<void> t) {
 
 namespace {
 thread_local io_context* current_context = nullptr;
+
+const io_context_options& validated(const io_context_options& o) {
+  if (o.idle_spin != automatic_idle_spin &&
+      (o.idle_spin.count() < 0 || o.idle_spin > max_idle_spin))
+    throw std::invalid_argument("couring: io_context_options::idle_spin must be between 0 and " +
+                                std::to_string(max_idle_spin.count()) +
+                                " us (or automatic_idle_spin)");
+  return o;
+}
+
+// Tells the core that this is a busy-wait (a sibling hyperthread gets the
+// core's resources, and leaving the loop does not flush the pipeline).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#else
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#endif
+}
+
+// Spin credit: a spin that catches work refills it; each one that finds
+// nothing spends one, so a context whose messages stopped spins at most this
+// many times before it only sleeps.
+constexpr int max_spin_credit = 4;
+// Consecutive empty spins skip up to 2^this - 2 idle waits before the next.
+constexpr unsigned max_spin_skip_shift = 10;
+// Longer than any pause between two looks of the spin short of preemption.
+constexpr std::chrono::microseconds spin_preempted_gap{30};
 } // namespace
 
 io_context::io_context(io_context_options options)
-    : ring_(*this, options), owner_(std::this_thread::get_id()) {
+    : ring_(*this, validated(options)), owner_(std::this_thread::get_id()) {
+  // Automatic means no spin for a context of its own: runtime resolves it
+  // for its contexts before they are made.
+  if (options.idle_spin.count() > 0)
+    idle_spin_ = options.idle_spin;
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0)
     throw std::system_error(errno, std::system_category(), "couring: eventfd");
@@ -171,6 +206,11 @@ bool io_context::push_message(detail::message* m) noexcept {
   case detail::mailbox::push_result::refused:
     return false;
   case detail::mailbox::push_result::accepted_first: {
+    // A spinning consumer polls the mailbox: no wake-up needed. (It clears
+    // spinning_ and then looks at the mailbox before it sleeps; we pushed,
+    // then look at spinning_: seq_cst both, so one of us sees the other.)
+    if (spinning_.load(std::memory_order_seq_cst))
+      break;
     std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
     break;
@@ -306,6 +346,114 @@ void io_context::run_ready() {
   }
 }
 
+io_context::spin_end io_context::spin_until_work() noexcept {
+  auto now = std::chrono::steady_clock::now();
+  const auto deadline = now + idle_spin_;
+  for (;;) {
+    // A few pauses between looks: the lines polled belong to other cores'
+    // writers (the kernel's, a sender's), and the clock read is not free.
+    for (int i = 0; i < 8; ++i)
+      cpu_relax();
+    if (ring_.completions_waiting() || !mailbox_.empty() ||
+        stop_requested_.load(std::memory_order_relaxed) ||
+        remote_pending_.load(std::memory_order_relaxed))
+      return spin_end::work;
+    const auto before = now;
+    now = std::chrono::steady_clock::now();
+    // A gap between two looks means this thread was preempted: the CPUs
+    // are oversubscribed, and spinning takes them from whoever would answer.
+    if (now - before > spin_preempted_gap)
+      return spin_end::preempted;
+    if (now >= deadline)
+      return spin_end::timeout;
+  }
+}
+
+// The loop has nothing to run and would sleep in io_uring_enter. While
+// messages from other contexts keep arriving soon after it goes idle, it
+// first polls (spin_until_work) for up to idle_spin_: an answer that comes
+// meanwhile costs this thread no sleep and the sender no wake-up.
+//  - Credit: a message that ends a short sleep (shorter than the bound)
+//    earns one, a spin that catches a message refills them
+//    (max_spin_credit), any other spin spends one (it found nothing, or
+//    only a timer or I/O). A context that receives no messages never spins;
+//    one whose messages stopped spins at most max_spin_credit more times.
+//  - Back-off: spins that keep finding nothing (the answer takes longer than
+//    the bound, or the answering thread shares this CPU and cannot run while
+//    this one spins, or this thread was preempted) skip an exponentially
+//    growing number of idle waits (up to max_spin_skip) before trying again.
+// No wake-up is lost when the spin gives up just as something arrives: the
+// blocking enter that follows sees it (deferred task work is run before the
+// kernel waits; the mailbox and stop() also write the eventfd whose read is
+// armed).
+void io_context::wait_idle() {
+  bool missed = false;
+  if (spin_credit_ > 0 && spin_skip_ > 0) {
+    --spin_skip_;
+  } else if (spin_credit_ > 0) {
+    // Submit first: what this turn prepared must be on its way (no syscall
+    // when nothing was: a message to a spinning context went to its mailbox).
+    // Anything that came in ends this wait: what it resumes may submit, send
+    // or finish, which the loop's turn handles.
+    ring_.submit_idle();
+    if (ring_.completions_waiting() || !mailbox_.empty()) {
+      ring_.reap();
+      if (ring_.completions_waiting()) {
+        ring_.enter(false);
+        ring_.reap();
+      }
+      return;
+    }
+    ++spins_;
+    // While spinning_ is set, senders push into the mailbox and skip the
+    // eventfd (push_message); clearing it and then looking at the mailbox
+    // again (both seq_cst, against their push and then load) means that a
+    // message either woke the eventfd or is seen here.
+    spinning_.store(true, std::memory_order_seq_cst);
+    const spin_end end = spin_until_work();
+    spinning_.store(false, std::memory_order_seq_cst);
+    const std::uint64_t messages = ring_.messages_received();
+    const bool message = !mailbox_.empty();
+    const bool work = end == spin_end::work || message || ring_.completions_waiting();
+    if (end == spin_end::work || (work && end == spin_end::timeout)) {
+      ++spin_hits_;
+      spin_misses_ = 0;
+    } else {
+      // Nothing came, or it came while this thread was preempted (then the
+      // answer may have needed this very CPU): back off.
+      missed = true;
+      spin_misses_ = std::min(spin_misses_ + 1, max_spin_skip_shift);
+      spin_skip_ = (1u << spin_misses_) - 2; // 0, 2, 6, 14, ...
+    }
+    if (work) {
+      ring_.reap();
+      if (ring_.completions_waiting()) { // task work: only an enter runs it
+        ring_.enter(false);
+        ring_.reap();
+      }
+      // Only messages keep the spin going: a spin that caught a timer or
+      // a socket spends credit, so a loop without cross-context traffic
+      // soon stops spinning whatever else it does.
+      if (!missed && (message || ring_.messages_received() != messages))
+        spin_credit_ = max_spin_credit;
+      else
+        --spin_credit_;
+      return;
+    }
+    --spin_credit_;
+  }
+  const std::uint64_t messages = ring_.messages_received();
+  const auto start = std::chrono::steady_clock::now();
+  ring_.enter(true);
+  ring_.reap();
+  // A message that ended a short sleep: spinning would have caught it
+  // (unless the spin just before this sleep did not: then it would not).
+  if (!missed && spin_credit_ < max_spin_credit &&
+      (ring_.messages_received() != messages || !mailbox_.empty()) &&
+      std::chrono::steady_clock::now() - start < idle_spin_)
+    ++spin_credit_;
+}
+
 void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_scope) {
   if (ring_.foreign())
     throw std::logic_error("couring: io_context::run in a child process: the context was "
@@ -366,8 +514,12 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
     }
     if (outbox_head_ != nullptr) // a test inline, not a call per turn
       flush_outbox();
-    ring_.enter(idle);
-    ring_.reap();
+    if (idle && idle_spin_.count() != 0) [[unlikely]] {
+      wait_idle();
+    } else {
+      ring_.enter(idle);
+      ring_.reap();
+    }
   }
   stop_requested_.store(false, std::memory_order_relaxed);
   if (spawn_error_)

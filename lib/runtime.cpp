@@ -36,6 +36,10 @@ runtime::runtime(runtime_options options) {
   // Context 0 first: the others attach to its ring's kernel worker pool.
   io_context_options opts = options.context;
   opts.attach_wq_fd = -1;
+  // Contexts of a runtime hand work to each other (switch_to, spawn_on,
+  // post): they spin briefly before sleeping unless told otherwise.
+  if (opts.idle_spin == automatic_idle_spin)
+    opts.idle_spin = runtime_default_idle_spin;
   const auto cpu_of = [&](std::size_t i) {
     return options.pin_threads ? cpus[i % cpus.size()] : -1;
   };

@@ -124,11 +124,13 @@ TEST_CASE("the ring fd is registered where the kernel allows it") {
 TEST_CASE("set-up flags fall back one by one on older kernels") {
   using couring::detail::setup_with_fallback;
   const unsigned all = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
-                       IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
-  // A 5.19 kernel: knows COOP_TASKRUN, SUBMIT_ALL and CQSIZE, not the 6.x flags.
+                       IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_COOP_TASKRUN |
+                       IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+  // A 5.19 kernel: knows TASKRUN_FLAG, COOP_TASKRUN, SUBMIT_ALL and CQSIZE,
+  // not the 6.x flags.
   std::vector<unsigned> tried;
-  const unsigned known_519 =
-      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
+  const unsigned known_519 = IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_COOP_TASKRUN |
+                             IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
   auto kernel_519 = [&](unsigned flags) {
     tried.push_back(flags);
     return (flags & ~known_519) != 0 ? -EINVAL : 0;

@@ -7,8 +7,10 @@
 #include "support.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <new>
 #include <set>
@@ -601,4 +603,246 @@ TEST_CASE("a stream can be released and adopted by another context") {
     co_return test_support::text(buf);
   }());
   CHECK(got == "hello");
+}
+
+// --- the idle spin (io_context_options::idle_spin) --------------------------
+
+namespace {
+
+runtime_options with_spin(unsigned threads, std::chrono::microseconds spin, bool fallback = false) {
+  runtime_options o = with_threads(threads, fallback);
+  o.context.idle_spin = spin;
+  return o;
+}
+
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+// Busy for a pseudo-random 0..max_us microseconds: the answer lands anywhere
+// around the end of the other side's spin.
+void busy_for_random(std::uint64_t& seed, unsigned max_us) {
+  seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::microseconds((seed >> 33) % (max_us + 1));
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+
+// Ping-pong whose answers come after a random delay (see busy_for_random).
+task<std::uint64_t> jittery_ping_pong(io_context& a, io_context& b, std::uint64_t rounds,
+                                      unsigned max_us) {
+  std::uint64_t hops = 0, seed = 42;
+  for (std::uint64_t i = 0; i < rounds; ++i) {
+    co_await switch_to(b);
+    check(io_context::current() == &b, "on b");
+    busy_for_random(seed, max_us);
+    ++hops;
+    co_await switch_to(a);
+    check(io_context::current() == &a, "on a");
+    busy_for_random(seed, max_us);
+    ++hops;
+  }
+  co_return hops;
+}
+
+} // namespace
+
+TEST_CASE("idle_spin: validated; no spin for a lone context, the runtime's default in a runtime") {
+  io_context_options o;
+  o.idle_spin = std::chrono::microseconds(-5);
+  CHECK_THROWS_AS(io_context(o), std::invalid_argument);
+  o.idle_spin = max_idle_spin + std::chrono::microseconds(1);
+  CHECK_THROWS_AS(io_context(o), std::invalid_argument);
+  runtime_options bad = with_spin(2, std::chrono::microseconds(-2));
+  CHECK_THROWS_AS(runtime(bad), std::invalid_argument);
+
+  o.idle_spin = max_idle_spin;
+  CHECK(io_context(o).idle_spin() == max_idle_spin);
+  o.idle_spin = std::chrono::microseconds(0);
+  CHECK(io_context(o).idle_spin().count() == 0);
+  io_context lone; // automatic: a context of its own does not spin
+  CHECK(lone.idle_spin().count() == 0);
+  CHECK(lone.run([&]() -> task<int> {
+    for (int i = 0; i < 3; ++i)
+      (void)co_await sleep_for(lone, 1ms);
+    co_return 1;
+  }()) == 1);
+  CHECK(lone.spin_count() == 0);
+
+  runtime rt(with_threads(2));
+  CHECK(rt.context(0).idle_spin() == runtime_default_idle_spin);
+  CHECK(rt.context(1).idle_spin() == runtime_default_idle_spin);
+  runtime off(with_spin(2, std::chrono::microseconds(0)));
+  CHECK(off.context(1).idle_spin().count() == 0);
+  if (rt.context(0).features().backend == couring::backend::io_uring) {
+    // The flag the spin polls for pending task work (MSG_RING into a
+    // DEFER_TASKRUN ring) is there on this kernel.
+    CHECK((rt.context(0).features().setup_flags & IORING_SETUP_TASKRUN_FLAG) != 0);
+  }
+}
+
+TEST_CASE("idle_spin: ping-pong is exact with the spin off, on, and at its bound") {
+  const std::uint64_t rounds = env_count("COURING_PINGPONG_ROUNDS", 1'000'000) / 20;
+  for (const bool fallback : {false, true}) {
+    for (const auto spin : {std::chrono::microseconds(0), runtime_default_idle_spin,
+                            std::chrono::microseconds(max_idle_spin)}) {
+      runtime rt(with_spin(2, spin, fallback));
+      const std::uint64_t hops = rt.run(ping_pong(rt.context(0), rt.context(1), rounds));
+      CHECK(hops == 2 * rounds);
+      const std::uint64_t spins = rt.context(0).spin_count() + rt.context(1).spin_count();
+      const std::uint64_t hits = rt.context(0).spin_hits() + rt.context(1).spin_hits();
+      CHECK(hits <= spins);
+      if (spin.count() == 0)
+        CHECK(spins == 0);
+      if (spin == max_idle_spin)
+        CHECK(spins > 0); // every wake-up within 10 ms earns credit
+      WARN((fallback ? "mailbox" : "MSG_RING")
+           << ", idle_spin " << spin.count() << " us: " << spins << " spins, " << hits << " hits");
+    }
+  }
+}
+
+TEST_CASE("idle_spin: no wake-up is lost when a message arrives as the spin ends") {
+  // Answers come 0..40 us late against a 20 us spin, while a plain thread
+  // posts into both mailboxes: arrivals fall before, during and just after
+  // the spin's end. A lost wake-up would leave a loop asleep: the watchdog
+  // then stops the runtime, and the count comes out short.
+  // (Both stretched under the sanitizers: COURING_TEST_TIME_SCALE.) A batch
+  // in which no spin happened at all (every wake-up too slow to earn credit,
+  // on a loaded machine) is run again, up to 5 times.
+  const std::uint64_t rounds = env_count("COURING_PINGPONG_ROUNDS", 1'000'000) / 100;
+  const std::uint64_t posts = env_count("COURING_PINGPONG_POSTS", 100'000) / 10;
+  const auto spin = std::chrono::microseconds(static_cast<long>(20 * test_support::time_scale()));
+  const auto jitter = static_cast<unsigned>(2 * spin.count());
+  std::uint64_t spun_msg_ring = 0, spun_mailbox = 0;
+  for (int batch = 0; batch < 10; ++batch) {
+    const bool fallback = batch % 2 == 1;
+    runtime rt(with_spin(2, spin, fallback));
+    std::atomic<bool> done{false}, timed_out{false};
+    std::atomic<std::uint64_t> ran{0};
+    test_support::joining_thread watchdog([&] {
+      for (int i = 0; i < 120'000 && !done; ++i)
+        std::this_thread::sleep_for(1ms);
+      if (!done) {
+        timed_out = true;
+        rt.stop();
+      }
+    });
+    io_context& a = rt.context(0);
+    io_context& b = rt.context(1);
+    test_support::joining_thread poster([&] {
+      for (std::uint64_t i = 0; i < posts && !done; ++i) {
+        (void)post(i % 2 ? a : b, [&] { ran.fetch_add(1); });
+        if (i % 64 == 0)
+          std::this_thread::sleep_for(std::chrono::microseconds(i % 50));
+      }
+    });
+    const std::uint64_t hops = rt.run([&]() -> task<std::uint64_t> {
+      const std::uint64_t h = co_await jittery_ping_pong(a, b, rounds, jitter);
+      poster.join();
+      for (int i = 0; i < 20000 && ran < posts; ++i)
+        co_await sleep_for(a, 1ms);
+      co_return h;
+    }());
+    done = true;
+    watchdog.join();
+    CHECK_FALSE(timed_out);
+    CHECK(hops == 2 * rounds);
+    CHECK(ran == posts);
+    const std::uint64_t spins = a.spin_count() + b.spin_count();
+    const std::uint64_t hits = a.spin_hits() + b.spin_hits();
+    WARN((fallback ? "mailbox" : "MSG_RING")
+         << ": " << spins << " spins, " << hits << " hits, " << spins - hits << " ended empty");
+    (fallback ? spun_mailbox : spun_msg_ring) += spins;
+    if (batch >= 1 && spun_msg_ring > 0 && spun_mailbox > 0)
+      break;
+  }
+  CHECK(spun_msg_ring > 0);
+  CHECK(spun_mailbox > 0);
+}
+
+TEST_CASE("idle_spin: stop() while a context spins") {
+  // Context 1 posts to context 0 every millisecond: context 0, asleep in
+  // run's task, keeps its credit and spins (up to 10 ms at a time) between
+  // the messages. stop() from another thread, while it spins, ends run.
+  runtime rt(with_spin(2, max_idle_spin));
+  std::atomic<bool> seen_spinning{false};
+  std::atomic<std::uint64_t> delivered{0};
+  std::chrono::steady_clock::time_point stopped_at;
+  test_support::joining_thread stopper([&] {
+    for (int i = 0; i < 20'000 && !seen_spinning; ++i) {
+      if (delivered > 20 && rt.context(0).spinning())
+        seen_spinning = true;
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    stopped_at = std::chrono::steady_clock::now();
+    rt.stop();
+  });
+  bool cancelled = false;
+  rt.run([&]() -> task<void> {
+    io_context& a = rt.context(0);
+    io_context& b = rt.context(1);
+    auto poster = [](io_context& from, io_context& to,
+                     std::atomic<std::uint64_t>& count) -> task<void> {
+      for (;;) {
+        if (!post(to, [&count] { count.fetch_add(1); }))
+          co_return;
+        if (!co_await sleep_for(from, 1ms))
+          co_return;
+      }
+    };
+    spawn_on(b, poster(b, a, delivered));
+    auto r = co_await sleep_for(a, 1h);
+    cancelled = !r && r.error() == std::errc::operation_canceled;
+  }());
+  const auto returned_at = std::chrono::steady_clock::now();
+  stopper.join();
+  const auto latency = returned_at - stopped_at;
+  CHECK(cancelled);
+  CHECK(seen_spinning);
+  CHECK(latency < 5s);
+  const double stop_us = std::chrono::duration<double, std::micro>(latency).count();
+  WARN("stop while spinning took " << stop_us << " us; " << rt.context(0).spin_count()
+                                   << " spins on context 0");
+}
+
+TEST_CASE("idle_spin: a context whose messages stopped stops spinning and blocks") {
+  // The bound at its maximum (10 ms) and a timer every millisecond: a spin
+  // that did not give up would catch every tick and burn the whole 300 ms.
+  runtime rt(with_spin(2, max_idle_spin));
+  struct measure {
+    std::uint64_t spins = 0;
+    std::chrono::nanoseconds cpu{};
+    std::chrono::nanoseconds wall{};
+  };
+  const measure m = rt.run([&]() -> task<measure> {
+    io_context& a = rt.context(0);
+    io_context& b = rt.context(1);
+    (void)co_await ping_pong(a, b, 2000); // messages: credit to spin
+    co_await switch_to(b);
+    const std::uint64_t spins_before = b.spin_count();
+    const auto cpu_before = thread_cpu_time();
+    const auto wall_before = std::chrono::steady_clock::now();
+    for (int i = 0; i < 300; ++i)
+      (void)co_await sleep_for(b, 1ms);
+    measure out;
+    out.cpu = thread_cpu_time() - cpu_before;
+    out.wall = std::chrono::steady_clock::now() - wall_before;
+    out.spins = b.spin_count() - spins_before;
+    co_await switch_to(a);
+    co_return out;
+  }());
+  // At most the credit's worth of spins (4), each at most 10 ms (a tick
+  // ends it sooner); the rest of the time the thread sleeps in the kernel.
+  CHECK(m.spins <= 4);
+  CHECK(m.cpu < 100ms);
+  CHECK(m.wall >= 300ms);
+  const double cpu_ms = std::chrono::duration<double, std::milli>(m.cpu).count();
+  const double wall_ms = std::chrono::duration<double, std::milli>(m.wall).count();
+  WARN("300 ticks: " << m.spins << " spins, thread CPU " << cpu_ms << " ms of " << wall_ms
+                     << " ms");
 }

@@ -7,6 +7,7 @@
 // one batch and resumes the coroutines they belong to.
 
 #include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 #include <exception>
@@ -98,6 +99,15 @@ public:
   std::size_t submitted_requests() const noexcept { return ring_.pending(); }
   // Number of io_uring_enter calls made so far (for tests and benchmarks).
   std::uint64_t enter_count() const noexcept { return ring_.enter_count(); }
+  // Idle spins so far (io_context_options::idle_spin), and how many of them
+  // ended because work arrived. Read them on the context's thread, or after
+  // its run() returned.
+  std::uint64_t spin_count() const noexcept { return spins_; }
+  std::uint64_t spin_hits() const noexcept { return spin_hits_; }
+  // The spin bound in force (the option, with automatic_idle_spin resolved).
+  std::chrono::microseconds idle_spin() const noexcept {
+    return std::chrono::duration_cast<std::chrono::microseconds>(idle_spin_);
+  }
 
   // --- for the library; not part of the user API ----------------------------
   detail::ring& ring() noexcept { return ring_; }
@@ -110,6 +120,9 @@ public:
   // once the context no longer takes any (it is shutting down).
   bool push_message(detail::message* m) noexcept;
   bool accepts_messages() const noexcept { return !mailbox_.closed(); }
+  // The loop is in its idle spin, polling its mailbox: a message pushed
+  // there now arrives without a syscall on either side (send_message).
+  bool spinning() const noexcept { return spinning_.load(std::memory_order_relaxed); }
   // Sends m at the end of this loop turn, once the stack that suspended the
   // coroutine has unwound (a task started inline is still on it, and the
   // target may resume the coroutine at once). Owner thread only.
@@ -140,9 +153,23 @@ private:
   void process_remote_cancels() noexcept;
   bool run_messages() noexcept;
   void flush_outbox() noexcept;
+  void wait_idle();
+  enum class spin_end { work, timeout, preempted };
+  spin_end spin_until_work() noexcept;
 
   detail::ring ring_;
   std::thread::id owner_;
+
+  // The idle spin (io_context.cpp, wait_idle): its bound (0: off), the
+  // credit that lets it spin -- earned by messages that arrived soon after
+  // the loop went idle, spent by spins that found nothing -- and its back-off.
+  std::chrono::steady_clock::duration idle_spin_{};
+  int spin_credit_ = 0;
+  unsigned spin_misses_ = 0; // empty spins in a row
+  unsigned spin_skip_ = 0;   // idle waits left before the next spin
+  std::uint64_t spins_ = 0;
+  std::uint64_t spin_hits_ = 0;
+  std::atomic<bool> spinning_{false};
 
   // Detached tasks: started from ready_, tracked so the destructor can
   // destroy those still suspended.

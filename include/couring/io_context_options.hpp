@@ -2,6 +2,7 @@
 
 // How an io_context's ring is set up, and what the kernel accepted.
 
+#include <chrono>
 #include <cstddef>
 #include <string>
 
@@ -19,6 +20,17 @@ enum class backend {
   io_uring, // io_uring or a std::system_error saying why not
   epoll,    // the epoll emulation, even where io_uring would work
 };
+
+// io_context_options::idle_spin: "the default for where the context runs":
+// no spin for an io_context of its own, runtime_default_idle_spin for the
+// contexts of a runtime (they hand work to each other).
+inline constexpr std::chrono::microseconds automatic_idle_spin{-1};
+// A hand-off answered within this much is caught without a thread wake-up
+// (one costs 5-20 us of latency and CPU on both sides); a spin that finds
+// nothing wastes at most this much, and only while messages keep coming.
+inline constexpr std::chrono::microseconds runtime_default_idle_spin{50};
+// The longest spin allowed: beyond it sleeping is cheaper whatever it costs.
+inline constexpr std::chrono::microseconds max_idle_spin{10'000};
 
 struct io_context_options {
   unsigned sq_entries = 256;
@@ -42,6 +54,15 @@ struct io_context_options {
   // Slots of the ring's file table, registered when the first listener
   // with listen_options::direct_descriptors opens (direct descriptors).
   unsigned direct_descriptor_slots = 4096;
+  // Bounded spin before the loop sleeps: when nothing is runnable, the loop
+  // polls its completion queue, the kernel's pending-work flag, its mailbox
+  // and stop() for up to this long (no syscall while it polls) before it
+  // blocks in io_uring_enter, so that a cross-context message arriving
+  // meanwhile costs no thread wake-up. Adaptive: it spins only while messages
+  // from other contexts keep arriving (docs/design.md, "Threading rules"); a
+  // context that receives none never spins. 0: never; at most max_idle_spin
+  // (std::invalid_argument otherwise); automatic_idle_spin: see above.
+  std::chrono::microseconds idle_spin = automatic_idle_spin;
 };
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).

@@ -37,6 +37,22 @@ protected:
   ~join_point() = default;
 };
 
+class promise_base;
+
+// The start of a task in progress on this thread (promise_base::start_inline),
+// innermost first. It lives on the starter's stack and is reached through a
+// thread_local, never through the promise: once the task suspends it may be
+// resumed on another thread at once (switch_to), and the starter must not
+// touch its promise after that (ThreadSanitizer found the race when the
+// flags were promise members). A task that reaches its final suspend on the
+// starter's thread with its own record innermost is still inside the start.
+struct inline_start {
+  const promise_base* promise;
+  bool finished;
+  inline_start* outer;
+};
+inline thread_local inline_start* current_inline_start = nullptr;
+
 class promise_base {
 public:
   struct final_awaiter {
@@ -46,9 +62,10 @@ public:
       promise_base& p = self.promise();
       if (p.join_ != nullptr)
         return p.join_->child_finished();
-      if (p.started_inline_) {
+      inline_start* s = current_inline_start;
+      if (s != nullptr && s->promise == &p) {
         // Still inside the awaiter's await_suspend: return there.
-        p.finished_inline_ = true;
+        s->finished = true;
         return std::noop_coroutine();
       }
       return p.continuation_;
@@ -64,11 +81,12 @@ public:
   // Runs the coroutine h (whose promise this is) until it first suspends or
   // finishes; true if it finished.
   bool start_inline(std::coroutine_handle<> h) {
-    started_inline_ = true;
-    finished_inline_ = false;
+    inline_start self{this, false, current_inline_start};
+    current_inline_start = &self;
     h.resume();
-    started_inline_ = false;
-    return finished_inline_;
+    // Only this stack and this thread's pointer from here on (see inline_start).
+    current_inline_start = self.outer;
+    return self.finished;
   }
   void set_join(join_point* j) noexcept { join_ = j; }
   cancel_scope* scope() const noexcept { return scope_; }
@@ -78,8 +96,6 @@ private:
   std::coroutine_handle<> continuation_ = std::noop_coroutine();
   join_point* join_ = nullptr;
   cancel_scope* scope_ = nullptr;
-  bool started_inline_ = false;
-  bool finished_inline_ = false;
 };
 
 // Any coroutine whose promise carries a cancel scope (tasks, the context's

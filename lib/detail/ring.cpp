@@ -97,9 +97,12 @@ int setup_with_fallback(const std::function<int(unsigned flags)>& try_setup, uns
   // Newest first (6.1, 6.0, 5.19, 5.18, 5.5): a kernel knows every flag older
   // than the newest it knows, so giving them up in this order keeps all the
   // ones it supports. DEFER_TASKRUN needs SINGLE_ISSUER, and goes first.
+  // TASKRUN_FLAG (5.19) needs COOP_TASKRUN or DEFER_TASKRUN, so it goes
+  // before COOP_TASKRUN: the kernel then raises IORING_SQ_TASKRUN when it
+  // queues work for us, which io_context's idle spin polls.
   static constexpr unsigned wanted_flags[] = {
-      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_COOP_TASKRUN,
-      IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
+      IORING_SETUP_DEFER_TASKRUN, IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_TASKRUN_FLAG,
+      IORING_SETUP_COOP_TASKRUN,  IORING_SETUP_SUBMIT_ALL,    IORING_SETUP_CQSIZE,
   };
   unsigned flags = 0;
   for (unsigned f : wanted_flags)

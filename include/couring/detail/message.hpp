@@ -7,9 +7,11 @@
 //    target's CQ (and wakes its waiting io_uring_enter). No lock, no syscall
 //    of its own: the SQE goes out with the sender's next submission.
 //  - the target's mailbox: a lock-free intrusive MPSC stack plus the
-//    context's eventfd (written only when the stack was empty), for senders
-//    without a ring (a plain thread), rings that cannot message each other
-//    (MSG_RING missing, an epoll backend) and a MSG_RING that failed.
+//    context's eventfd (written only when the stack was empty and the target
+//    is not spinning), for senders without a ring (a plain thread), rings
+//    that cannot message each other (MSG_RING missing, an epoll backend), a
+//    MSG_RING that failed, and a target in its idle spin (it polls the
+//    mailbox: no syscall on either side).
 // docs/design.md ("Threading rules") says what happens at shutdown.
 
 #include <atomic>
@@ -77,14 +79,16 @@ public:
         return push_result::refused;
       m->next = old;
     } while (
-        !head_.compare_exchange_weak(old, m, std::memory_order_release, std::memory_order_relaxed));
+        !head_.compare_exchange_weak(old, m, std::memory_order_seq_cst, std::memory_order_relaxed));
     // Only the push onto an empty stack needs to wake the consumer: every
     // later one finds the stack non-empty until the consumer takes it, and
     // it takes it after that wake-up.
     return old == nullptr ? push_result::accepted_first : push_result::accepted;
   }
+  // seq_cst (a plain load on x86): the idle spin's hand-shake with
+  // push_message relies on it (io_context::wait_idle).
   bool empty() const noexcept {
-    message* h = head_.load(std::memory_order_relaxed);
+    message* h = head_.load(std::memory_order_seq_cst);
     return h == nullptr || h == closed_sentinel();
   }
   // The messages pushed so far, oldest first.

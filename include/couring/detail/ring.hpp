@@ -245,6 +245,9 @@ public:
   void flush_completions() noexcept;
   // Hands the prepared SQEs to the kernel now (used outside the loop).
   void submit_now() noexcept;
+  // The same before io_context's idle spin (no syscall if nothing is
+  // prepared), after recycling released records as enter does.
+  void submit_idle() noexcept;
   // One io_uring_enter: submit, and wait for a completion if block.
   void enter(bool block);
 
@@ -340,6 +343,18 @@ public:
   std::size_t pending() const noexcept { return pending_; }
   std::size_t pending_operations() const noexcept { return pending_ - internal_ + parked_; }
   std::uint64_t enter_count() const noexcept { return enter_count_; }
+  // Cross-context messages delivered through this ring's CQ so far.
+  std::uint64_t messages_received() const noexcept { return messages_received_; }
+  // Whether a completion waits: a CQE, or task work the kernel queued for us
+  // (IORING_SQ_TASKRUN, with IORING_SETUP_TASKRUN_FLAG) that an enter with
+  // GETEVENTS turns into CQEs. Shared memory only, no syscall: io_context's
+  // idle spin polls it. (epoll: no flags word; the CQ fills only in enter.)
+  bool completions_waiting() const noexcept {
+    if (io_uring_cq_ready(&ring_) != 0)
+      return true;
+    return ring_.sq.kflags != nullptr &&
+           (IO_URING_READ_ONCE(*ring_.sq.kflags) & IORING_SQ_TASKRUN) != 0;
+  }
   // A background request (a listener's multishot accept, the wake-up read)
   // does not keep run() going by itself; an awaiter parked in a queue of
   // ours (a waiting accept, a queued write) does.
@@ -427,6 +442,7 @@ private:
   std::size_t internal_ = 0; // of which: background requests
   std::size_t parked_ = 0;   // awaiters waiting in a queue of ours
   std::uint64_t enter_count_ = 0;
+  std::uint64_t messages_received_ = 0;
 
   operation* posted_head_ = nullptr;
   operation* posted_tail_ = nullptr;
