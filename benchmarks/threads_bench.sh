@@ -5,6 +5,7 @@
 #   benchmarks/threads_bench.sh BUILD_DIR [--quick] [--threads "1 2"] [--connections "50 500"]
 #                                         [--repeat N] [--duration S]
 #                                         [--server-cpus LIST] [--load-cpus LIST]
+#                                         [--wait-batch "1 8:20"] [--trace]
 #
 # For each thread count x connection count x mode (reuseport, and handoff for
 # N > 1) it starts echo_server PORT --threads N, runs loadgen (64-byte
@@ -22,6 +23,12 @@
 #     --server-cpus 0-7 --load-cpus 8-15 --connections "500 2000"
 # (loadgen is one thread: when it saturates its core before the server does,
 # run several with a share of the connections each and add the rates up).
+# --wait-batch LIST runs every configuration with each echo_server
+# --wait-batch value (io_context_options::wait_batch, N[:US]; 1: off).
+# --trace counts, with perf tracepoints over loadgen's measuring window, per
+# round trip: the server's io_uring_enter calls, CQEs posted, waits that
+# found too few CQEs and slept (io_uring_cqring_wait), its context switches,
+# and IPIs sent machine-wide (each wake-up of a halted vCPU is one).
 set -uo pipefail
 dir=${1:?usage: threads_bench.sh BUILD_DIR [--quick] ...}
 shift
@@ -31,6 +38,8 @@ duration=3
 repeat=1
 server_cpus=""
 load_cpus=""
+batches=1
+trace=0
 while (($#)); do
   case $1 in
   --quick) duration=1 ;;
@@ -40,6 +49,8 @@ while (($#)); do
   --connections) conns=$2; shift ;;
   --server-cpus) server_cpus=$2; shift ;;
   --load-cpus) load_cpus=$2; shift ;;
+  --wait-batch) batches=$2; shift ;;
+  --trace) trace=1 ;;
   *) echo "threads_bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -56,17 +67,26 @@ ctxsw() {
   awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {i += $2}
        END {print v + 0, i + 0}' /proc/"$1"/task/*/status 2>/dev/null
 }
-printf '%-6s %-8s %-10s %6s %14s %18s %12s %12s\n' round threads mode conns round_trips/s \
-  server_us/round_trip vol_csw/rt invol_csw/rt
+span=$(awk -v d="$duration" 'BEGIN {print d + 0.5}')
+trace_events=syscalls:sys_enter_io_uring_enter,io_uring:io_uring_complete,io_uring:io_uring_cqring_wait,ipi:ipi_send_cpu,ipi:ipi_send_cpumask
+if ((trace)) && ! perf stat -a -e "$trace_events" -- true >/dev/null 2>&1; then
+  echo "threads_bench.sh: --trace needs perf with tracepoints (root, linux-perf)" >&2
+  exit 2
+fi
+header="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s' round threads mode batch conns \
+  round_trips/s server_us/round_trip vol_csw/rt invol_csw/rt)"
+((trace)) && header+="$(printf ' %9s %9s %9s %9s' enters/rt cqes/rt sleeps/rt ipis/rt)"
+echo "$header"
 for round in $(seq "$repeat"); do
 for n in $threads; do
   modes=reuseport
   ((n > 1)) && modes="reuseport handoff"
   for mode in $modes; do
     for c in $conns; do
+      for batch in $batches; do
       log=$(mktemp /tmp/couring-threads.XXXXXX)
       # shellcheck disable=SC2046
-      $(pin "$server_cpus") "$server" 0 --threads "$n" --"$mode" >"$log" 2>&1 &
+      $(pin "$server_cpus") "$server" 0 --threads "$n" --"$mode" --wait-batch "$batch" >"$log" 2>&1 &
       pid=$!
       port=""
       for _ in $(seq 100); do
@@ -82,10 +102,18 @@ for n in $threads; do
         continue
       fi
       read -r v0 i0 <<<"$(ctxsw "$pid")"
+      tracelog=""
+      if ((trace)); then
+        # Over loadgen's measuring window: after its warmup, for its duration.
+        tracelog=$(mktemp /tmp/couring-trace.XXXXXX)
+        (sleep 0.5 && exec perf stat -a -x, -e "$trace_events" -o "$tracelog" -- sleep "$duration") &
+        tracer=$!
+      fi
       # shellcheck disable=SC2046
       line=$($(pin "$load_cpus") "$loadgen" --port "$port" --connections "$c" --size 64 \
         --duration "$duration" --warmup 0.5 --server-pid "$pid" 2>&1 | tail -1)
       read -r v1 i1 <<<"$(ctxsw "$pid")"
+      ((trace)) && wait "$tracer"
       kill -TERM "$pid"
       wait "$pid" || { echo "echo_server --threads $n exited with an error" >&2; failed=1; }
       rm -f "$log"
@@ -94,10 +122,23 @@ for n in $threads; do
       errors=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$line")
       [[ ${errors:-1} == 0 ]] || { echo "loadgen: $line" >&2; failed=1; }
       # Per round trip over warmup + run (loadgen's rate times both).
-      per_rt() { awk -v d="$1" -v r="${rate:-0}" -v t="$duration" \
-        'BEGIN {if (r > 0) printf "%.3f", d / (r * (t + 0.5)); else print "?"}'; }
-      printf '%-6s %-8s %-10s %6s %14s %18s %12s %12s\n' "$round" "$n" "$mode" "$c" "${rate:-?}" \
-        "${cpu:-?}" "$(per_rt $((v1 - v0)))" "$(per_rt $((i1 - i0)))"
+      per_rt() { awk -v d="$1" -v r="${rate:-0}" -v t="$2" \
+        'BEGIN {if (r > 0) printf "%.3f", d / (r * t); else print "?"}'; }
+      out="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s' "$round" "$n" "$mode" "$batch" "$c" \
+        "${rate:-?}" "${cpu:-?}" "$(per_rt $((v1 - v0)) "$span")" \
+        "$(per_rt $((i1 - i0)) "$span")")"
+      if ((trace)); then
+        count() { awk -F, -v e="$1" '$3 == e {s += $1} END {print s + 0}' "$tracelog"; }
+        ipis=$(($(count ipi:ipi_send_cpu) + $(count ipi:ipi_send_cpumask)))
+        out+="$(printf ' %9s %9s %9s %9s' \
+          "$(per_rt "$(count syscalls:sys_enter_io_uring_enter)" "$duration")" \
+          "$(per_rt "$(count io_uring:io_uring_complete)" "$duration")" \
+          "$(per_rt "$(count io_uring:io_uring_cqring_wait)" "$duration")" \
+          "$(per_rt "$ipis" "$duration")")"
+        rm -f "$tracelog"
+      fi
+      echo "$out"
+      done
     done
   done
 done

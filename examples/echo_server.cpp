@@ -231,7 +231,8 @@ couring::task<void> serve_threaded(couring::runtime& rt, couring::endpoint ep, b
   contexts[0].listener = std::move(*first);
   ep = contexts[0].listener.local_endpoint();
   std::cout << "listening on " << ep.to_string() << " with " << rt.size() << " threads ("
-            << (handoff ? "handoff" : "reuseport") << ")" << std::endl;
+            << (handoff ? "handoff" : "reuseport")
+            << (home.features().batched_wait ? ", batched wait" : "") << ")" << std::endl;
   auto serve_here = [&](std::size_t i) -> couring::task<void> {
     per_context& me = contexts[i];
     me.serving = true;
@@ -280,7 +281,8 @@ couring::task<void> serve_threaded(couring::runtime& rt, couring::endpoint ep, b
 }
 
 int run_threaded(const couring::endpoint& ep, unsigned long threads, bool handoff,
-                 std::size_t buffer_size, std::size_t pool_count, std::chrono::milliseconds grace) {
+                 std::size_t buffer_size, std::size_t pool_count, std::chrono::milliseconds grace,
+                 const couring::io_context_options& context) {
   // Blocked before the runtime's threads start, so that they inherit the
   // mask and only the signal_set on context 0 sees the signals.
   sigset_t mask;
@@ -288,7 +290,7 @@ int run_threaded(const couring::endpoint& ep, unsigned long threads, bool handof
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
-  couring::runtime rt({.threads = static_cast<unsigned>(threads)});
+  couring::runtime rt({.threads = static_cast<unsigned>(threads), .context = context});
   rt.run(serve_threaded(rt, ep, handoff, buffer_size, pool_count, grace));
   return 0;
 }
@@ -311,6 +313,9 @@ void usage(std::FILE* out) {
              "  --threads N      serve TCP on N threads, one io_context each (0: one per CPU)\n"
              "  --reuseport      with --threads: a SO_REUSEPORT listener per thread (default)\n"
              "  --handoff        with --threads: one acceptor hands connections round-robin\n"
+             "  --wait-batch N[:US]  with --threads: a sleeping loop waits for up to N\n"
+             "                   completions, at most US microseconds (default 20) once one\n"
+             "                   is in (io_context_options::wait_batch; default 1)\n"
              "  SIGINT/SIGTERM stop the server cleanly (exit status 0).\n",
              out);
 }
@@ -328,6 +333,7 @@ int main(int argc, char** argv) {
   unsigned long pool_count = 0;
   bool threaded = false, handoff = false;
   unsigned long threads = 0;
+  couring::io_context_options context_options;
   unsigned long grace_seconds = 2;
   bool udp = false;
   std::string unix_path;
@@ -342,7 +348,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--reuseport" || arg == "--handoff") {
       handoff = arg == "--handoff";
     } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix" ||
-                arg == "--pool" || arg == "--threads") &&
+                arg == "--pool" || arg == "--threads" || arg == "--wait-batch") &&
                i + 1 < argc) {
       std::string_view value = argv[++i];
       if (arg == "--threads") {
@@ -351,6 +357,18 @@ int main(int argc, char** argv) {
           std::cerr << "echo_server: bad --threads '" << value << "'\n";
           return 2;
         }
+      } else if (arg == "--wait-batch") {
+        const auto colon = value.find(':');
+        unsigned long n = 0, us = 20;
+        if (!parse_number(value.substr(0, colon), n) || n == 0 || n > couring::max_wait_batch ||
+            (colon != std::string_view::npos &&
+             (!parse_number(value.substr(colon + 1), us) || us == 0 ||
+              us > static_cast<unsigned long>(couring::max_wait_batch_timeout.count())))) {
+          std::cerr << "echo_server: bad --wait-batch '" << value << "' (N[:US])\n";
+          return 2;
+        }
+        context_options.wait_batch = static_cast<unsigned>(n);
+        context_options.wait_batch_timeout = std::chrono::microseconds(us);
       } else if (arg == "--pool") {
         if (!parse_number(value, pool_count) || pool_count == 0 || pool_count > 32768) {
           std::cerr << "echo_server: bad --pool '" << value << "' (1..32768)\n";
@@ -403,7 +421,7 @@ int main(int argc, char** argv) {
   try {
     if (threaded)
       return run_threaded(*ep, threads, handoff, buffer_size, pool_count,
-                          std::chrono::seconds(grace_seconds));
+                          std::chrono::seconds(grace_seconds), context_options);
     couring::io_context ctx;
     // Blocked in this (the only) thread before anything else can start one.
     couring::signal_set signals(ctx, {SIGINT, SIGTERM});

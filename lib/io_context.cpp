@@ -99,6 +99,13 @@ const io_context_options& validated(const io_context_options& o) {
     throw std::invalid_argument("couring: io_context_options::idle_spin must be between 0 and " +
                                 std::to_string(max_idle_spin.count()) +
                                 " us (or automatic_idle_spin)");
+  if (o.wait_batch < 1 || o.wait_batch > max_wait_batch)
+    throw std::invalid_argument("couring: io_context_options::wait_batch must be between 1 and " +
+                                std::to_string(max_wait_batch));
+  if (o.wait_batch_timeout.count() < 1 || o.wait_batch_timeout > max_wait_batch_timeout)
+    throw std::invalid_argument(
+        "couring: io_context_options::wait_batch_timeout must be between 1 and " +
+        std::to_string(max_wait_batch_timeout.count()) + " us");
   return o;
 }
 
@@ -369,6 +376,18 @@ io_context::spin_end io_context::spin_until_work() noexcept {
   }
 }
 
+// The loop sleeps until a completion comes, or with the batched sleep
+// (io_context_options::wait_batch) until a few came or the batch timeout
+// passed with one: never for more than are in flight (the timeout would
+// end every such wait), and not for one or none.
+void io_context::sleep_for_completions() {
+  const std::size_t batch = std::min<std::size_t>(ring_.wait_batch(), ring_.pending_operations());
+  if (batch > 1)
+    ring_.enter_batched(static_cast<unsigned>(batch));
+  else
+    ring_.enter(true);
+}
+
 // The loop has nothing to run and would sleep in io_uring_enter. While
 // messages from other contexts keep arriving soon after it goes idle, it
 // first polls (spin_until_work) for up to idle_spin_: an answer that comes
@@ -444,7 +463,7 @@ void io_context::wait_idle() {
   }
   const std::uint64_t messages = ring_.messages_received();
   const auto start = std::chrono::steady_clock::now();
-  ring_.enter(true);
+  sleep_for_completions();
   ring_.reap();
   // A message that ended a short sleep: spinning would have caught it
   // (unless the spin just before this sleep did not: then it would not).
@@ -516,6 +535,9 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
       flush_outbox();
     if (idle && idle_spin_.count() != 0) [[unlikely]] {
       wait_idle();
+    } else if (idle && ring_.wait_batch() > 1) [[unlikely]] {
+      sleep_for_completions();
+      ring_.reap();
     } else {
       ring_.enter(idle);
       ring_.reap();

@@ -154,6 +154,7 @@ private:
   bool run_messages() noexcept;
   void flush_outbox() noexcept;
   void wait_idle();
+  void sleep_for_completions();
   enum class spin_end { work, timeout, preempted };
   spin_end spin_until_work() noexcept;
 

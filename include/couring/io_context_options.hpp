@@ -63,7 +63,24 @@ struct io_context_options {
   // context that receives none never spins. 0: never; at most max_idle_spin
   // (std::invalid_argument otherwise); automatic_idle_spin: see above.
   std::chrono::microseconds idle_spin = automatic_idle_spin;
+  // Batched sleep (io_uring on Linux 6.12+, IORING_FEAT_MIN_TIMEOUT): a loop
+  // that has nothing to run and at least two operations in flight asks the
+  // kernel for up to wait_batch completions (never more than are in flight)
+  // but takes whatever came, at least one, after wait_batch_timeout. Fewer
+  // wake-ups per completion when traffic is spread thin over many
+  // connections, for up to wait_batch_timeout of added latency; no CPU is
+  // spent meanwhile (the thread sleeps). 1: wake at the first completion
+  // (the default). Between 1 and max_wait_batch, and wait_batch_timeout
+  // between 1 us and max_wait_batch_timeout, or std::invalid_argument.
+  // Where the kernel lacks the feature, and on epoll, the loop wakes at the
+  // first completion (io_context_features::batched_wait says which).
+  unsigned wait_batch = 1;
+  std::chrono::microseconds wait_batch_timeout{20};
 };
+
+// Limits of io_context_options::wait_batch and wait_batch_timeout.
+inline constexpr unsigned max_wait_batch = 4096;
+inline constexpr std::chrono::microseconds max_wait_batch_timeout{10'000};
 
 // What the kernel accepted when the ring was set up (flags fall back one by one).
 struct io_context_features {
@@ -71,6 +88,9 @@ struct io_context_features {
   unsigned kernel_features = 0; // io_uring_params::features (0 on epoll)
   bool ring_fd_registered = false;
   bool wq_attached = false; // io_context_options::attach_wq_fd was honoured
+  // io_context_options::wait_batch > 1 is honoured (io_uring with
+  // IORING_FEAT_MIN_TIMEOUT): false when it is 1.
+  bool batched_wait = false;
   unsigned sq_entries = 0;
   unsigned cq_entries = 0;
   // The backend that runs (never automatic), and why it was chosen: the

@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <string_view>
 
+#include <csignal>
+
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -25,6 +27,10 @@
 namespace couring::detail {
 
 namespace {
+
+// IORING_FEAT_MIN_TIMEOUT (Linux 6.12: io_uring_getevents_arg::min_wait_usec),
+// newer than liburing 2.3's header.
+constexpr unsigned feat_min_timeout = 1u << 15;
 
 // Bumped in every child process fork() creates. A ring remembers the value
 // it was created under: a different one means the ring is the parent's.
@@ -246,6 +252,13 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
+  // The batched sleep needs min_wait_usec (6.12): without it a wait for
+  // more than one completion could sleep while the one that came waits.
+  if (options.wait_batch > 1 && (features_.kernel_features & feat_min_timeout) != 0) {
+    features_.batched_wait = true;
+    wait_batch_ = options.wait_batch;
+    wait_batch_usec_ = static_cast<unsigned>(options.wait_batch_timeout.count());
+  }
 }
 
 ring::~ring() {
@@ -394,12 +407,13 @@ void ring::submit_now() noexcept {
 namespace {
 // io_uring_enter(2) without the C library's errno round trip: -errno or the
 // count. One syscall instruction on x86-64; syscall(2) elsewhere.
-int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags) noexcept {
+int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags,
+                       const void* arg = nullptr, std::size_t argsz = 0) noexcept {
 #if defined(__x86_64__)
   long ret;
   register long r10 __asm__("r10") = flags;
-  register long r8 __asm__("r8") = 0; // no signal mask
-  register long r9 __asm__("r9") = 0;
+  register long r8 __asm__("r8") = reinterpret_cast<long>(arg); // no signal mask, or EXT_ARG
+  register long r9 __asm__("r9") = static_cast<long>(argsz);
   __asm__ volatile("syscall"
                    : "=a"(ret)
                    : "0"(static_cast<long>(__NR_io_uring_enter)), "D"(static_cast<long>(fd)),
@@ -408,7 +422,7 @@ int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsign
                    : "rcx", "r11", "memory");
   return static_cast<int>(ret);
 #else
-  const long r = ::syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, nullptr, 0);
+  const long r = ::syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
   return r < 0 ? -errno : static_cast<int>(r);
 #endif
 }
@@ -443,6 +457,49 @@ void ring::enter(bool block) {
   if (features_.ring_fd_registered)
     flags |= IORING_ENTER_REGISTERED_RING;
   int r = sys_io_uring_enter(ring_.enter_ring_fd, to_submit, block ? 1 : 0, flags);
+  ++enter_count_;
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
+    broken_ = true;
+    throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
+  }
+}
+
+// struct io_uring_getevents_arg as Linux 6.12 defines it: liburing 2.3's
+// header calls min_wait_usec "pad".
+struct getevents_arg_min_wait {
+  std::uint64_t sigmask;
+  std::uint32_t sigmask_sz;
+  std::uint32_t min_wait_usec;
+  std::uint64_t ts;
+};
+static_assert(sizeof(getevents_arg_min_wait) == sizeof(io_uring_getevents_arg));
+
+void ring::enter_batched(unsigned wait_nr) {
+  assert(emu_ == nullptr && wait_batch_ > 1);
+  if (released_ != nullptr) [[unlikely]]
+    recycle_released();
+  // As in enter (publish the SQ tail, one io_uring_enter), with EXT_ARG.
+  io_uring_sq& sq = ring_.sq;
+  const unsigned tail = sq.sqe_tail;
+  if (sq.sqe_head != tail) {
+    sq.sqe_head = tail;
+    io_uring_smp_store_release(sq.ktail, tail);
+  }
+  const unsigned to_submit = tail - IO_URING_READ_ONCE(*sq.khead);
+  // Without an overall timeout the kernel ends the wait when min_wait passes
+  // even with nothing in: a loop with requests that never complete (idle
+  // connections) would wake every min_wait. With one, it then waits for the
+  // first completion, as a plain enter does, until the timeout (a spurious
+  // wake-up per minute costs nothing).
+  __kernel_timespec ts{.tv_sec = 60, .tv_nsec = 0};
+  getevents_arg_min_wait arg{.sigmask = 0,
+                             .sigmask_sz = _NSIG / 8,
+                             .min_wait_usec = wait_batch_usec_,
+                             .ts = reinterpret_cast<std::uint64_t>(&ts)};
+  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+  if (features_.ring_fd_registered)
+    flags |= IORING_ENTER_REGISTERED_RING;
+  int r = sys_io_uring_enter(ring_.enter_ring_fd, to_submit, wait_nr, flags, &arg, sizeof arg);
   ++enter_count_;
   if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
     broken_ = true;

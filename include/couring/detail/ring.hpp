@@ -343,6 +343,13 @@ public:
   std::size_t pending() const noexcept { return pending_; }
   std::size_t pending_operations() const noexcept { return pending_ - internal_ + parked_; }
   std::uint64_t enter_count() const noexcept { return enter_count_; }
+  // The batched sleep (io_context_options::wait_batch): the most completions
+  // a sleeping loop should ask for (1: not enabled or not supported).
+  unsigned wait_batch() const noexcept { return wait_batch_; }
+  // Submits, then sleeps until wait_nr (> 1) completions are in or the batch
+  // timeout passed with at least one (IORING_ENTER_EXT_ARG min_wait_usec).
+  // Only when wait_batch() > 1.
+  void enter_batched(unsigned wait_nr);
   // Cross-context messages delivered through this ring's CQ so far.
   std::uint64_t messages_received() const noexcept { return messages_received_; }
   // Whether a completion waits: a CQE, or task work the kernel queued for us
@@ -443,6 +450,8 @@ private:
   std::size_t parked_ = 0;   // awaiters waiting in a queue of ours
   std::uint64_t enter_count_ = 0;
   std::uint64_t messages_received_ = 0;
+  unsigned wait_batch_ = 1;
+  unsigned wait_batch_usec_ = 0;
 
   operation* posted_head_ = nullptr;
   operation* posted_tail_ = nullptr;
