@@ -4,7 +4,7 @@
 #
 #   benchmarks/threads_bench.sh BUILD_DIR [--quick] [--threads "1 2"] [--connections "50 500"]
 #                                         [--repeat N] [--duration S]
-#                                         [--server-cpus LIST] [--load-cpus LIST]
+#                                         [--server-cpus LIST] [--load-cpus LIST] [--float]
 #                                         [--wait-batch "1 8:20"] [--trace]
 #
 # For each thread count x connection count x mode (reuseport, and handoff for
@@ -25,10 +25,13 @@
 # run several with a share of the connections each and add the rates up).
 # --wait-batch LIST runs every configuration with each echo_server
 # --wait-batch value (io_context_options::wait_batch, N[:US]; 1: off).
-# --trace counts, with perf tracepoints over loadgen's measuring window, per
-# round trip: the server's io_uring_enter calls, CQEs posted, waits that
-# found too few CQEs and slept (io_uring_cqring_wait), its context switches,
-# and IPIs sent machine-wide (each wake-up of a halted vCPU is one).
+# --trace counts, with perf tracepoints on the server's threads over
+# loadgen's measuring window, per round trip: io_uring_enter calls, CQEs
+# posted, waits that found too few CQEs and went to wait
+# (io_uring_cqring_wait), context switches (sched_switch: each is a sleep
+# or a preemption) and requests punted to the kernel's worker pool
+# (io_uring_queue_async_work: the pool ATTACH_WQ shares). Tracing costs CPU: compare its figures with each other,
+# not with an untraced run.
 set -uo pipefail
 dir=${1:?usage: threads_bench.sh BUILD_DIR [--quick] ...}
 shift
@@ -38,6 +41,7 @@ duration=3
 repeat=1
 server_cpus=""
 load_cpus=""
+float=0
 batches=1
 trace=0
 while (($#)); do
@@ -49,6 +53,7 @@ while (($#)); do
   --connections) conns=$2; shift ;;
   --server-cpus) server_cpus=$2; shift ;;
   --load-cpus) load_cpus=$2; shift ;;
+  --float) float=1 ;;
   --wait-batch) batches=$2; shift ;;
   --trace) trace=1 ;;
   *) echo "threads_bench.sh: unknown option $1" >&2; exit 2 ;;
@@ -58,6 +63,20 @@ done
 server=$dir/examples/echo_server
 loadgen=$dir/benchmarks/loadgen
 [[ -x $server && -x $loadgen ]] || { echo "threads_bench.sh: build $server and $loadgen first" >&2; exit 2; }
+# By default the load generator gets the last CPU and the server all the
+# others, whatever --threads: the server's CPU budget is the same for every
+# thread count, so what CPU per round trip measures is the cost of running N
+# contexts, not the scheduler sharing 2 cores between N + 1 busy threads (the
+# load generator's thread on a server's CPU preempts it, and a server thread
+# whose CPU goes idle halts: on a VM each wake-up is then a hypervisor round
+# trip). On this 2-CPU machine: server on CPU 0, loadgen on CPU 1, so
+# --threads 2 runs 2 contexts on one core. --float lets the scheduler place
+# everything (the figures then include that sharing: README, "Using every core").
+ncpu=$(nproc)
+if ((!float && ncpu >= 2)); then
+  [[ -n $load_cpus ]] || load_cpus=$((ncpu - 1))
+  [[ -n $server_cpus ]] || server_cpus=$( ((ncpu == 2)) && echo 0 || echo "0-$((ncpu - 2))")
+fi
 pin() { [[ -n $1 ]] && command -v taskset >/dev/null && echo "taskset -c $1"; }
 failed=0
 echo "== echo_server --threads: 64-byte round trips, ${duration} s per run" \
@@ -68,14 +87,14 @@ ctxsw() {
        END {print v + 0, i + 0}' /proc/"$1"/task/*/status 2>/dev/null
 }
 span=$(awk -v d="$duration" 'BEGIN {print d + 0.5}')
-trace_events=syscalls:sys_enter_io_uring_enter,io_uring:io_uring_complete,io_uring:io_uring_cqring_wait,ipi:ipi_send_cpu,ipi:ipi_send_cpumask
-if ((trace)) && ! perf stat -a -e "$trace_events" -- true >/dev/null 2>&1; then
+trace_events=syscalls:sys_enter_io_uring_enter,io_uring:io_uring_complete,io_uring:io_uring_cqring_wait,sched:sched_switch,io_uring:io_uring_queue_async_work
+if ((trace)) && ! perf stat -e "$trace_events" -- true >/dev/null 2>&1; then
   echo "threads_bench.sh: --trace needs perf with tracepoints (root, linux-perf)" >&2
   exit 2
 fi
-header="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s' round threads mode batch conns \
-  round_trips/s server_us/round_trip vol_csw/rt invol_csw/rt)"
-((trace)) && header+="$(printf ' %9s %9s %9s %9s' enters/rt cqes/rt sleeps/rt ipis/rt)"
+header="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s %8s %8s' round threads mode batch \
+  conns round_trips/s server_us/round_trip vol_csw/rt invol_csw/rt p50_us p99_us)"
+((trace)) && header+="$(printf ' %9s %9s %9s %9s %9s' enters/rt cqes/rt waits/rt switch/rt iowq/rt)"
 echo "$header"
 for round in $(seq "$repeat"); do
 for n in $threads; do
@@ -106,7 +125,7 @@ for n in $threads; do
       if ((trace)); then
         # Over loadgen's measuring window: after its warmup, for its duration.
         tracelog=$(mktemp /tmp/couring-trace.XXXXXX)
-        (sleep 0.5 && exec perf stat -a -x, -e "$trace_events" -o "$tracelog" -- sleep "$duration") &
+        (sleep 0.5 && exec perf stat -p "$pid" -x, -e "$trace_events" -o "$tracelog" -- sleep "$duration") &
         tracer=$!
       fi
       # shellcheck disable=SC2046
@@ -124,17 +143,19 @@ for n in $threads; do
       # Per round trip over warmup + run (loadgen's rate times both).
       per_rt() { awk -v d="$1" -v r="${rate:-0}" -v t="$2" \
         'BEGIN {if (r > 0) printf "%.3f", d / (r * t); else print "?"}'; }
-      out="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s' "$round" "$n" "$mode" "$batch" "$c" \
-        "${rate:-?}" "${cpu:-?}" "$(per_rt $((v1 - v0)) "$span")" \
-        "$(per_rt $((i1 - i0)) "$span")")"
+      p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$line")
+      p99=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<<"$line")
+      out="$(printf '%-6s %-8s %-10s %-6s %6s %14s %18s %12s %12s %8s %8s' "$round" "$n" "$mode" \
+        "$batch" "$c" "${rate:-?}" "${cpu:-?}" "$(per_rt $((v1 - v0)) "$span")" \
+        "$(per_rt $((i1 - i0)) "$span")" "${p50:-?}" "${p99:-?}")"
       if ((trace)); then
         count() { awk -F, -v e="$1" '$3 == e {s += $1} END {print s + 0}' "$tracelog"; }
-        ipis=$(($(count ipi:ipi_send_cpu) + $(count ipi:ipi_send_cpumask)))
-        out+="$(printf ' %9s %9s %9s %9s' \
+        out+="$(printf ' %9s %9s %9s %9s %9s' \
           "$(per_rt "$(count syscalls:sys_enter_io_uring_enter)" "$duration")" \
           "$(per_rt "$(count io_uring:io_uring_complete)" "$duration")" \
           "$(per_rt "$(count io_uring:io_uring_cqring_wait)" "$duration")" \
-          "$(per_rt "$ipis" "$duration")")"
+          "$(per_rt "$(count sched:sched_switch)" "$duration")" \
+          "$(per_rt "$(count io_uring:io_uring_queue_async_work)" "$duration")")"
         rm -f "$tracelog"
       fi
       echo "$out"
