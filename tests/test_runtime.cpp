@@ -897,8 +897,8 @@ task<latency_among_idle> read_among_idle(io_context& ctx, int idle) {
   const std::uint64_t enters = ctx.enter_count();
   const auto start = std::chrono::steady_clock::now();
   auto r = co_await pairs[0].first.read(b);
-  out.took =
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  out.took = std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::steady_clock::now() - start);
   out.enters = ctx.enter_count() - enters;
   check_ok(r, "read");
   out.got = test_support::text(std::span(b, *r));
@@ -976,6 +976,7 @@ TEST_CASE("wait_batch: idle operations do not wake the loop every window") {
   // idle (connections that say nothing) sleeps until something comes.
   io_context ctx(batched(16, 1us));
   std::vector<std::pair<unix_stream, unix_stream>> pairs;
+  pairs.reserve(8); // the readers hold references into it
   std::atomic<int> ended{0};
   for (int i = 0; i < 8; ++i) {
     auto p = couring::socketpair(ctx);
@@ -1020,6 +1021,7 @@ TEST_CASE("wait_batch: the runtime's loops batch, and stop() ends a batched slee
   // flight: run returns (within a window of the wake-up), nothing is lost.
   io_context ctx(batched(16, window));
   std::vector<std::pair<unix_stream, unix_stream>> pairs;
+  pairs.reserve(8); // the readers hold references into it
   std::atomic<int> ended{0};
   for (int i = 0; i < 8; ++i) {
     auto p = couring::socketpair(ctx);
