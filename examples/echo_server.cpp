@@ -8,14 +8,16 @@
 //               [--unix PATH]
 //
 //   echo_server PORT --threads N [--reuseport | --handoff] [--pool COUNT] [--address ADDR]
-//               [--buffer BYTES]
+//               [--buffer BYTES] [--wait-batch N[:US]]
 //
 // --threads N serves TCP on N threads, one io_context each (couring::runtime):
 // with --reuseport (the default) every context has its own SO_REUSEPORT
 // listener and the kernel spreads connections; with --handoff one listener on
 // context 0 hands connections to the contexts round-robin. N = 0: one thread
 // per CPU the process may use. With --pool each context has its own pool (a
-// pool belongs to one ring).
+// pool belongs to one ring). --wait-batch sets io_context_options::wait_batch
+// (and wait_batch_timeout, default 20 us) for every context: the benchmark
+// knob of benchmarks/threads_bench.sh (off by default; see docs/design.md).
 //
 // --pool: connections hold no buffer of their own; the kernel picks one
 // from a shared pool of COUNT buffers when data arrives (stream::receive,
