@@ -30,8 +30,8 @@
 # posted, waits that found too few CQEs and went to wait
 # (io_uring_cqring_wait), context switches (sched_switch: each is a sleep
 # or a preemption) and requests punted to the kernel's worker pool
-# (io_uring_queue_async_work: the pool ATTACH_WQ shares). Tracing costs CPU: compare its figures with each other,
-# not with an untraced run.
+# (io_uring_queue_async_work: the pool ATTACH_WQ shares). Tracing costs CPU:
+# compare its figures with each other, not with an untraced run.
 set -uo pipefail
 dir=${1:?usage: threads_bench.sh BUILD_DIR [--quick] ...}
 shift
