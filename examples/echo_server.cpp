@@ -24,7 +24,9 @@
 //
 // SIGINT/SIGTERM (read through a couring::signal_set) stop it: it stops
 // accepting, lets the connections still open finish within the grace period,
-// closes the rest, and exits 0.
+// closes the rest, and exits 0. SIGUSR1 (without --threads) prints the loop's
+// counters to stderr: "counters enters=E cqes=C sqes=S" (io_uring_enter
+// calls, completions and requests so far; benchmarks/pool_bench.sh).
 
 #include <algorithm>
 #include <charconv>
@@ -168,7 +170,16 @@ couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l, buf
     ctx.spawn(serve(ctx, l.unix_socket, buffer_size, live));
   if (l.udp.is_open())
     ctx.spawn(serve_datagrams(l.udp, buffer_size.size));
-  (void)co_await signals.wait();
+  for (;;) {
+    auto sig = co_await signals.wait();
+    if (!sig || *sig != SIGUSR1)
+      break;
+    // For benchmarks/pool_bench.sh (loadgen --server-counters): what the
+    // loop has done so far; the caller takes differences.
+    std::fprintf(stderr, "counters enters=%llu cqes=%u sqes=%u\n",
+                 static_cast<unsigned long long>(ctx.enter_count()), ctx.cqe_count(),
+                 ctx.sqe_count());
+  }
   // New connections are refused from now on (the Unix socket's file goes).
   l.tcp.close();
   l.unix_socket.close();
@@ -406,7 +417,8 @@ int main(int argc, char** argv) {
                           std::chrono::seconds(grace_seconds));
     couring::io_context ctx;
     // Blocked in this (the only) thread before anything else can start one.
-    couring::signal_set signals(ctx, {SIGINT, SIGTERM});
+    // SIGUSR1: print the loop's counters (system calls, completions) to stderr.
+    couring::signal_set signals(ctx, {SIGINT, SIGTERM, SIGUSR1});
     listeners l;
     auto listener = couring::tcp_listener::bind(ctx, *ep);
     if (!listener) {
