@@ -3,7 +3,7 @@
 # round trip, on 127.0.0.1 only.
 #
 #   benchmarks/pool_bench.sh SERVER_DIR [--quick] [--memory-only] [--cpu-only] [--repeat N]
-#                            [--configs "CxS ..."] [--pool-args "ARGS"]
+#                            [--configs "CxS ..."] [--pool-args "ARGS"] [--variant NAME=ARGS]...
 #
 # SERVER_DIR is a meson build directory holding benchmarks/{loadgen,echo_raw_uring} and
 # examples/echo_server.
@@ -15,6 +15,8 @@
 #    picks some), server CPU time per verified round trip, for raw liburing
 #    (echo_raw_uring), echo_server (read(buf)) and echo_server --pool 8192 (4 KiB
 #    buffers; --pool-args replaces "--pool 8192"), server pinned to CPU 0, loadgen to 1.
+#    --variant NAME=ARGS (repeatable) adds "echo_server ARGS" to the interleaving as NAME,
+#    e.g. --variant plain="--pool 8192 --pool-options noinc,nobundle".
 #    The three run interleaved, raw, read, pool, raw, read, pool, ... --repeat N times
 #    (default 1) per configuration: the ratios pool/raw and read/raw are taken within
 #    each repetition (side by side, so a noisy machine moves both) and the table gives
@@ -33,6 +35,7 @@ do_cpu=1
 repeat=1
 configs="1x64 1x4096 50x64 50x4096 500x64 500x4096 5000x64 5000x4096"
 pool_args="--pool 8192"
+variants=()
 while (($#)); do
   arg=$1
   shift
@@ -40,12 +43,17 @@ while (($#)); do
   --quick) quick=1 ;;
   --memory-only) do_cpu=0 ;;
   --cpu-only) do_memory=0 ;;
-  --repeat | --configs | --pool-args)
+  --repeat | --configs | --pool-args | --variant)
     (($#)) || { echo "pool_bench.sh: $arg needs a value" >&2; exit 2; }
     case "$arg" in
     --repeat) repeat=$1 ;;
     --configs) configs=$1 ;;
     --pool-args) pool_args=$1 ;;
+    --variant)
+      [[ $1 =~ ^[a-z][a-z0-9_]*=.+$ && ! $1 =~ ^(raw_uring|read|pool)= ]] ||
+        { echo "pool_bench.sh: --variant NAME=ARGS (NAME: lower-case, not raw_uring/read/pool)" >&2; exit 2; }
+      variants+=("$1")
+      ;;
     esac
     shift
     ;;
@@ -188,13 +196,18 @@ if ((do_cpu)); then
       run raw_uring "$c" "$s" 0 "$warm" "$rep" -- "$raw"
       run read "$c" "$s" 0 "$warm" "$rep" -- "$echo_server"
       run pool "$c" "$s" 0 "$warm" "$rep" -- "$echo_server" "${pool_argv[@]}"
+      for v in "${variants[@]}"; do
+        read -r -a vargv <<<"${v#*=}"
+        run "${v%%=*}" "$c" "$s" 0 "$warm" "$rep" -- "$echo_server" "${vargv[@]}"
+      done
     done
   done
 fi
 
-python3 - "$work" "$out_dir/pool.json" "$pool_args" <<'PY'
+python3 - "$work" "$out_dir/pool.json" "$pool_args" "${variants[@]}" <<'PY'
 import glob, json, os, re, statistics, sys
 work, out, pool_args = sys.argv[1], sys.argv[2], sys.argv[3]
+variant_args = dict(v.split("=", 1) for v in sys.argv[4:])
 rows = []
 for p in sorted(glob.glob(os.path.join(work, "*.json"))):
     name, c, s, idle, rep = os.path.basename(p)[:-5].rsplit("-", 4)
@@ -202,6 +215,8 @@ for p in sorted(glob.glob(os.path.join(work, "*.json"))):
     r.update(server=name, connections=int(c), size=int(s), idle=int(idle), repetition=int(rep))
     if name == "pool":
         r["server_args"] = pool_args
+    elif name in variant_args:
+        r["server_args"] = variant_args[name]
     # Counters over the window: the last two SIGUSR1 lines (the CQ and SQ indexes
     # of couring's ring wrap at 2^32).
     lines = []
@@ -232,7 +247,8 @@ if mem:
               f" idle alive {r.get('idle_alive')}/{r['idle']}, errors {r.get('errors')})")
 cpu = {(r["server"], r["connections"], r["size"], r["repetition"]): r for r in rows if r["idle"] == 0}
 if cpu:
-    servers = ("raw_uring", "read", "pool")
+    servers = ("raw_uring", "read", "pool") + tuple(variant_args)
+    extra = tuple(variant_args)
     def us(x):
         return x["server_cpu_us_per_round_trip"] if x and ok(x) and x.get("server_cpu_us_per_round_trip") else None
     def fmt(x, w=7, d=2):
@@ -242,25 +258,32 @@ if cpu:
         return statistics.median(xs) if xs else None
     configs = sorted({(c, s) for (_, c, s, _) in cpu})
     print("\nserver CPU us per round trip, every run (ratios within the repetition):")
-    print(f"{'conns':>5} {'size':>5} {'rep':>3} {'raw':>7} {'read':>7} {'pool':>7} {'pool/raw':>9} {'read/raw':>9}")
+    print(f"{'conns':>5} {'size':>5} {'rep':>3} {'raw':>7} {'read':>7} {'pool':>7} {'pool/raw':>9} {'read/raw':>9}"
+          + "".join(f" {n[:7]:>7} {(n[:7] + '/raw'):>11}" for n in extra))
     summary = []
     for c, s in configs:
         reps = sorted({k[3] for k in cpu if k[1] == c and k[2] == s})
-        pr, rr = [], []
+        pr, rr, xr = [], [], {n: [] for n in extra}
         for rep in reps:
             v = {k: us(cpu.get((k, c, s, rep))) for k in servers}
             a = v["pool"] / v["raw_uring"] if v["pool"] and v["raw_uring"] else None
             b = v["read"] / v["raw_uring"] if v["read"] and v["raw_uring"] else None
             pr.append(a)
             rr.append(b)
+            line = ""
+            for n in extra:
+                x = v[n] / v["raw_uring"] if v[n] and v["raw_uring"] else None
+                xr[n].append(x)
+                line += f" {fmt(v[n])} {fmt(x, 11)}"
             print(f"{c:>5} {s:>5} {rep:>3} {fmt(v['raw_uring'])} {fmt(v['read'])} {fmt(v['pool'])}"
-                  f" {fmt(a, 9)} {fmt(b, 9)}")
-        summary.append((c, s, reps, pr, rr))
+                  f" {fmt(a, 9)} {fmt(b, 9)}" + line)
+        summary.append((c, s, reps, pr, rr, xr))
     print("\nmedians over the repetitions (us per round trip; per round trip in the window:"
           " enters = io_uring_enter calls, cqe, sqe, vcsw = voluntary context switches):")
-    print(f"{'conns':>5} {'size':>5} {'n':>2} {'pool/raw':>9} {'read/raw':>9}   "
-          + "   ".join(f"{k:<28}" for k in ("raw us enters cqe sqe vcsw", "read us enters cqe sqe vcsw", "pool us enters cqe sqe vcsw")))
-    for c, s, reps, pr, rr in summary:
+    print(f"{'conns':>5} {'size':>5} {'n':>2} {'pool/raw':>9} {'read/raw':>9}"
+          + "".join(f" {(n[:7] + '/raw'):>11}" for n in extra) + "   "
+          + "   ".join(f"{(k[:7] + ' us enters cqe sqe vcsw'):<28}" for k in servers))
+    for c, s, reps, pr, rr, xr in summary:
         cols = []
         for k in servers:
             runs = [cpu.get((k, c, s, rep)) for rep in reps]
@@ -269,7 +292,9 @@ if cpu:
             cols.append(f"{fmt(m('server_cpu_us_per_round_trip'), 6)} {fmt(m('enters_per_round_trip'), 5)}"
                         f" {fmt(m('cqes_per_round_trip'), 4, 1)} {fmt(m('sqes_per_round_trip'), 4, 1)}"
                         f" {fmt(m('server_voluntary_switches_per_round_trip'), 5)}")
-        print(f"{c:>5} {s:>5} {len(reps):>2} {fmt(med(pr), 9)} {fmt(med(rr), 9)}   " + "   ".join(f"{x:<28}" for x in cols))
+        print(f"{c:>5} {s:>5} {len(reps):>2} {fmt(med(pr), 9)} {fmt(med(rr), 9)}"
+              + "".join(f" {fmt(med(xr[n]), 11)}" for n in extra) + "   "
+              + "   ".join(f"{x:<28}" for x in cols))
 print(f"\nresults: {out}")
 PY
 ((failed)) && echo "SOME POOL RUNS HAD ERRORS" >&2
