@@ -24,6 +24,11 @@
 #    brackets it with SIGUSR1, on which both servers print their counters): io_uring_enter
 #    calls, CQEs reaped, SQEs prepared, and the server's voluntary context switches
 #    (/proc/PID/task/*/status: each is a sleep in io_uring_enter).
+#    Fair by construction: one loadgen, the same pinning, the same ring in all three
+#    (256 SQ / 1,024 CQ entries, single issuer, deferred task running, registered ring
+#    fd), TCP_NODELAY everywhere, one io_uring_enter per loop turn. What differs is the
+#    point: raw and read(buf) arm a receive per message (2 SQEs + 2 CQEs per round
+#    trip), the pool keeps one multishot receive per stream (1 SQE + 2 CQEs).
 # Results: SERVER_DIR/bench/pool.json and a table. Exits non-zero if any run had errors.
 set -uo pipefail
 
@@ -57,7 +62,7 @@ while (($#)); do
     esac
     shift
     ;;
-  -h | --help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  -h | --help) sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2 ;;
   -*) echo "pool_bench.sh: unknown option $arg" >&2; exit 2 ;;
   *) server_dir=$arg ;;
   esac
