@@ -8,6 +8,11 @@
 // connection's own 16 KiB buffer. Every loop turn is one io_uring_submit_and_wait(ring, 1)
 // followed by reaping all completions. SIGTERM / SIGINT arrive through a signalfd read on
 // the ring, so the server stops cleanly even while idle.
+//
+// SIGUSR1 (benchmarks/loadgen --server-counters sends one at each end of its window)
+// prints one line to stderr: "counters enters=E cqes=C sqes=S", the io_uring_enter calls,
+// completions reaped and requests prepared so far (pool_bench.sh takes the difference).
+// Counting is a few increments per loop turn, nothing per system call.
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -52,13 +57,18 @@ struct Server {
   signalfd_siginfo siginfo{};
   Conn* conns = nullptr; // all open connections, for the shutdown
   bool stop = false;
+  // For the benchmarks: io_uring_enter calls (every submit below enters: it waits or
+  // the SQ is full), CQEs reaped, SQEs prepared.
+  unsigned long long enters = 0, cqes = 0, sqes = 0;
 
   io_uring_sqe* sqe() {
     io_uring_sqe* s = io_uring_get_sqe(&ring);
     while (s == nullptr) { // SQ full: push what is queued to the kernel
       io_uring_submit(&ring);
+      ++enters;
       s = io_uring_get_sqe(&ring);
     }
+    ++sqes;
     return s;
   }
 
@@ -164,10 +174,13 @@ struct Server {
       on_accept(cqe);
       break;
     case kSignal:
-      if (cqe->res == static_cast<int>(sizeof siginfo))
+      if (cqe->res == static_cast<int>(sizeof siginfo) && siginfo.ssi_signo != SIGUSR1) {
         stop = true;
-      else
-        arm_signal();
+        break;
+      }
+      if (cqe->res == static_cast<int>(sizeof siginfo))
+        std::fprintf(stderr, "counters enters=%llu cqes=%llu sqes=%llu\n", enters, cqes, sqes);
+      arm_signal();
       break;
     case kClose:
       break;
@@ -179,6 +192,7 @@ struct Server {
     arm_signal();
     while (!stop) {
       int r = io_uring_submit_and_wait(&ring, 1);
+      ++enters;
       if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
         std::fprintf(stderr, "echo_raw_uring: io_uring_submit_and_wait: %s\n", std::strerror(-r));
         return 1;
@@ -191,6 +205,7 @@ struct Server {
         handle(cqe);
       }
       io_uring_cq_advance(&ring, count);
+      cqes += count;
     }
     return 0;
   }
@@ -223,6 +238,7 @@ int main(int argc, char** argv) {
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGUSR1);
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   srv.signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
   if (srv.signal_fd < 0) {

@@ -11,12 +11,17 @@
 //
 //   loadgen (--port P | --unix PATH) [--connections N] [--size BYTES] [--duration S] [--warmup S]
 //           [--json FILE] [--server-pid PID] [--min-per-connection N] [--idle N]
+//           [--server-counters]
 //
 // --idle N opens N more connections that stay idle (connected, never sending) while
 // the active ones run; one that the server closes or resets is an error. With
 // --server-pid the server's resident memory (VmRSS) is read before the first connect
 // and at the end of the window, so that the memory an idle connection costs the server
-// can be computed (server_rss_growth_kib / idle).
+// can be computed (server_rss_growth_kib / idle). The server's voluntary context switches
+// (all its threads, /proc/PID/task/*/status) are sampled with its CPU time. With
+// --server-counters it is also sent SIGUSR1 at both ends of the window, so that a server
+// that prints its own counters on SIGUSR1 (echo_server, echo_raw_uring: system calls,
+// completions) brackets the window; the caller takes the difference.
 //
 // Every connection must do its share: the report gives the fewest verified round trips
 // any one connection completed in the window, and a connection below
@@ -31,12 +36,14 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <dirent.h>
 #include <fcntl.h>
 #include <memory>
 #include <netinet/in.h>
@@ -64,6 +71,7 @@ constexpr std::size_t kMaxSize = 64u << 20;
                "usage: loadgen (--port P | --unix PATH) [--connections N] [--size BYTES]\n"
                "               [--duration SECONDS] [--warmup SECONDS] [--json FILE]\n"
                "               [--server-pid PID] [--min-per-connection N] [--idle N]\n"
+               "               [--server-counters]\n"
                "TCP always connects to %s; --unix PATH connects to a Unix socket\n"
                "(a path, or @name for an abstract one).\n",
                kHost);
@@ -79,8 +87,9 @@ struct Options {
   double warmup = 0.5;
   std::string json;
   long server_pid = -1;
-  long min_per_connection = 1; // verified round trips every connection must complete
-  int idle = 0;                // extra connections that stay idle
+  long min_per_connection = 1;  // verified round trips every connection must complete
+  int idle = 0;                 // extra connections that stay idle
+  bool server_counters = false; // SIGUSR1 to the server at both ends of the window
 };
 
 long parse_long(std::string_view name, const std::string& v, long lo, long hi) {
@@ -111,6 +120,10 @@ Options parse_args(int argc, char** argv) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help")
       usage(nullptr);
+    if (arg == "--server-counters") {
+      o.server_counters = true;
+      continue;
+    }
     std::string value;
     if (auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
       value = arg.substr(eq + 1);
@@ -201,6 +214,38 @@ std::optional<double> process_cpu_seconds(long pid) {
     ++field;
   }
   return std::nullopt;
+}
+
+// Voluntary context switches of every thread of a process (each sleep in a system call
+// is one): /proc/PID/status has the main thread's only.
+std::optional<std::uint64_t> process_voluntary_switches(long pid) {
+  char dir_path[64];
+  std::snprintf(dir_path, sizeof dir_path, "/proc/%ld/task", pid);
+  DIR* dir = opendir(dir_path);
+  if (dir == nullptr)
+    return std::nullopt;
+  std::uint64_t total = 0;
+  bool any = false;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[128];
+    std::snprintf(path, sizeof path, "/proc/%ld/task/%s/status", pid, e->d_name);
+    FILE* f = std::fopen(path, "r");
+    if (f == nullptr)
+      continue; // the thread just ended
+    char line[256];
+    while (std::fgets(line, sizeof line, f) != nullptr)
+      if (std::strncmp(line, "voluntary_ctxt_switches:", 24) == 0) {
+        total += std::strtoull(line + 24, nullptr, 10);
+        any = true;
+      }
+    std::fclose(f);
+  }
+  closedir(dir);
+  if (!any)
+    return std::nullopt;
+  return total;
 }
 
 // VmRSS of a process, in KiB.
@@ -561,6 +606,7 @@ int Loadgen::run() {
   const auto window_ns = static_cast<std::int64_t>(opt_.duration * 1e9);
   std::int64_t win_start = 0, win_end = 0;
   std::optional<double> cpu_start, cpu_end;
+  std::optional<std::uint64_t> vcsw_start, vcsw_end;
   bool server_gone = false;
   rusage ru_start{}, ru_end{};
   st_.latencies_ns.reserve(1 << 20);
@@ -570,8 +616,12 @@ int Loadgen::run() {
     std::int64_t now = now_ns();
     if (!measuring_ && now >= warm_end) {
       measuring_ = true;
-      if (opt_.server_pid > 0)
+      if (opt_.server_pid > 0) {
+        if (opt_.server_counters)
+          kill(static_cast<pid_t>(opt_.server_pid), SIGUSR1);
         cpu_start = process_cpu_seconds(opt_.server_pid);
+        vcsw_start = process_voluntary_switches(opt_.server_pid);
+      }
       getrusage(RUSAGE_SELF, &ru_start);
       win_start = now_ns();
       now = win_start;
@@ -580,7 +630,10 @@ int Loadgen::run() {
       win_end = now;
       getrusage(RUSAGE_SELF, &ru_end);
       if (opt_.server_pid > 0) {
+        if (opt_.server_counters)
+          kill(static_cast<pid_t>(opt_.server_pid), SIGUSR1);
         cpu_end = process_cpu_seconds(opt_.server_pid);
+        vcsw_end = process_voluntary_switches(opt_.server_pid);
         rss_during = process_rss_kib(opt_.server_pid); // every connection still open
       }
       break;
@@ -735,6 +788,13 @@ int Loadgen::run() {
       else
         std::fprintf(f, ",\n  \"server_cpu_seconds\": null,\n"
                         "  \"server_cpu_us_per_round_trip\": null");
+      if (have_cpu && vcsw_start && vcsw_end && st_.round_trips > 0)
+        std::fprintf(f,
+                     ",\n  \"server_voluntary_switches\": %" PRIu64
+                     ",\n  \"server_voluntary_switches_per_round_trip\": %.5f",
+                     *vcsw_end - *vcsw_start,
+                     static_cast<double>(*vcsw_end - *vcsw_start) /
+                         static_cast<double>(st_.round_trips));
     }
     std::fprintf(f, "\n}\n");
     if (std::fclose(f) != 0) {

@@ -4,8 +4,8 @@
 // io_context, one coroutine each; peers that reset or vanish only end their
 // own coroutine. One echo() serves every kind of stream.
 //
-//   echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] [--grace SECONDS] [--udp]
-//               [--unix PATH]
+//   echo_server PORT [--address ADDR] [--buffer BYTES] [--pool COUNT] [--pool-options LIST]
+//               [--grace SECONDS] [--udp] [--unix PATH]
 //
 //   echo_server PORT --threads N [--reuseport | --handoff] [--pool COUNT] [--address ADDR]
 //               [--buffer BYTES] [--wait-batch N[:US]]
@@ -22,11 +22,16 @@
 // --pool: connections hold no buffer of their own; the kernel picks one
 // from a shared pool of COUNT buffers when data arrives (stream::receive,
 // a multishot receive into a provided buffer ring), so memory grows with
-// traffic rather than with connections.
+// traffic rather than with connections. --pool-options turns the pool's
+// incremental consumption and bundled receives on or off (LIST: any of inc,
+// noinc, bundle, nobundle, comma-separated; default: both where the kernel
+// has them), to compare their cost.
 //
 // SIGINT/SIGTERM (read through a couring::signal_set) stop it: it stops
 // accepting, lets the connections still open finish within the grace period,
-// closes the rest, and exits 0.
+// closes the rest, and exits 0. SIGUSR1 (without --threads) prints the loop's
+// counters to stderr: "counters enters=E cqes=C sqes=S" (io_uring_enter
+// calls, completions and requests so far; benchmarks/pool_bench.sh).
 
 #include <algorithm>
 #include <charconv>
@@ -170,7 +175,16 @@ couring::task<void> run_until_signal(couring::io_context& ctx, listeners& l, buf
     ctx.spawn(serve(ctx, l.unix_socket, buffer_size, live));
   if (l.udp.is_open())
     ctx.spawn(serve_datagrams(l.udp, buffer_size.size));
-  (void)co_await signals.wait();
+  for (;;) {
+    auto sig = co_await signals.wait();
+    if (!sig || *sig != SIGUSR1)
+      break;
+    // For benchmarks/pool_bench.sh (loadgen --server-counters): what the
+    // loop has done so far; the caller takes differences.
+    std::fprintf(stderr, "counters enters=%llu cqes=%u sqes=%u\n",
+                 static_cast<unsigned long long>(ctx.enter_count()), ctx.cqe_count(),
+                 ctx.sqe_count());
+  }
   // New connections are refused from now on (the Unix socket's file goes).
   l.tcp.close();
   l.unix_socket.close();
@@ -307,6 +321,9 @@ void usage(std::FILE* out) {
              "                   the size of each pool buffer, default 4096)\n"
              "  --pool COUNT     receive into a pool of COUNT buffers shared by all\n"
              "                   connections (multishot receive, provided buffer ring)\n"
+             "  --pool-options LIST  with --pool: inc|noinc (incremental consumption),\n"
+             "                   bundle|nobundle (bundled receives), comma-separated\n"
+             "                   (default: inc,bundle where the kernel has them)\n"
              "  --grace SECONDS  on SIGINT/SIGTERM, how long open connections may go on\n"
              "                   before they are closed (default 2)\n"
              "  --udp            also echo UDP datagrams on the same port, each to its sender\n"
@@ -327,12 +344,29 @@ bool parse_number(std::string_view s, unsigned long& out) {
   return ec == std::errc{} && end == s.data() + s.size();
 }
 
+// --pool-options: "inc,nobundle" and the like; false on an unknown word.
+bool parse_pool_options(std::string_view s, couring::buffer_pool_options& o) {
+  while (!s.empty()) {
+    const auto comma = s.find(',');
+    const std::string_view word = s.substr(0, comma);
+    if (word == "inc" || word == "noinc")
+      o.incremental = word == "inc";
+    else if (word == "bundle" || word == "nobundle")
+      o.bundle = word == "bundle";
+    else
+      return false;
+    s = comma == std::string_view::npos ? std::string_view{} : s.substr(comma + 1);
+  }
+  return true;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   std::string_view port_text, address = "127.0.0.1";
   unsigned long buffer_size = 0; // 0: the default for the mode
   unsigned long pool_count = 0;
+  couring::buffer_pool_options pool_options;
   bool threaded = false, handoff = false;
   unsigned long threads = 0;
   couring::io_context_options context_options;
@@ -350,7 +384,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--reuseport" || arg == "--handoff") {
       handoff = arg == "--handoff";
     } else if ((arg == "--address" || arg == "--buffer" || arg == "--grace" || arg == "--unix" ||
-                arg == "--pool" || arg == "--threads" || arg == "--wait-batch") &&
+                arg == "--pool" || arg == "--pool-options" || arg == "--threads" ||
+                arg == "--wait-batch") &&
                i + 1 < argc) {
       std::string_view value = argv[++i];
       if (arg == "--threads") {
@@ -371,6 +406,12 @@ int main(int argc, char** argv) {
         }
         context_options.wait_batch = static_cast<unsigned>(n);
         context_options.wait_batch_timeout = std::chrono::microseconds(us);
+      } else if (arg == "--pool-options") {
+        if (!parse_pool_options(value, pool_options)) {
+          std::cerr << "echo_server: bad --pool-options '" << value
+                    << "' (inc, noinc, bundle, nobundle, comma-separated)\n";
+          return 2;
+        }
       } else if (arg == "--pool") {
         if (!parse_number(value, pool_count) || pool_count == 0 || pool_count > 32768) {
           std::cerr << "echo_server: bad --pool '" << value << "' (1..32768)\n";
@@ -416,6 +457,13 @@ int main(int argc, char** argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
   }
 
+  bool pool_options_given = false;
+  for (int i = 1; i < argc; ++i)
+    pool_options_given |= std::string_view(argv[i]) == "--pool-options";
+  if (pool_options_given && (threaded || pool_count == 0)) {
+    std::cerr << "echo_server: --pool-options needs --pool, without --threads\n";
+    return 2;
+  }
   if (threaded && (udp || !unix_path.empty())) {
     std::cerr << "echo_server: --threads serves TCP only (no --udp, --unix)\n";
     return 2;
@@ -426,7 +474,8 @@ int main(int argc, char** argv) {
                           std::chrono::seconds(grace_seconds), context_options);
     couring::io_context ctx;
     // Blocked in this (the only) thread before anything else can start one.
-    couring::signal_set signals(ctx, {SIGINT, SIGTERM});
+    // SIGUSR1: print the loop's counters (system calls, completions) to stderr.
+    couring::signal_set signals(ctx, {SIGINT, SIGTERM, SIGUSR1});
     listeners l;
     auto listener = couring::tcp_listener::bind(ctx, *ep);
     if (!listener) {
@@ -462,7 +511,7 @@ int main(int argc, char** argv) {
     }
     std::optional<couring::buffer_pool> pool;
     if (pool_count != 0)
-      pool.emplace(ctx, pool_count, buffer_size);
+      pool.emplace(ctx, pool_count, buffer_size, pool_options);
     ctx.run(run_until_signal(ctx, l, buffers{buffer_size, pool ? &*pool : nullptr},
                              std::chrono::seconds(grace_seconds), signals));
   } catch (const std::exception& e) {

@@ -9,6 +9,9 @@
 //     ENOBUFS, or the kernel stopping it, e.g. on CQ overflow), or
 //   - a one-shot IORING_OP_POLL_ADD (POLLIN): after ENOBUFS, to learn when
 //     the socket has data again without holding or asking for a buffer.
+// A piece that arrives while the stream's next receive already waits, with
+// nothing queued before it, goes straight into that receive (the common case
+// of a server that answers each message: no chunk record to fill and take).
 // Chunks nobody waits for are queued in the receiver, in chunk records
 // allocated with the pool (one per buffer without incremental consumption,
 // where a buffer holds one chunk; max_queued_chunks with it): no allocation
@@ -159,9 +162,17 @@ private:
     chunks_[c].next = free_chunk_;
     free_chunk_ = c;
   }
+  // The receive that may take a piece directly: the first in the stream's
+  // line, if nothing is queued before the piece and it has none yet.
+  static pool_receive_awaitable* direct_taker(pool_receiver* rc) noexcept;
   void make_hungry(pool_receiver* rc) noexcept;
   void leave_hungry(pool_receiver* rc) noexcept;
-  void wake_hungry() noexcept;
+  // Once per completion: the common case (nobody hungry) is one test.
+  void wake_hungry() noexcept {
+    if (hungry_head_ != nullptr)
+      wake_hungry_slow();
+  }
+  void wake_hungry_slow() noexcept;
   void settle_woken(pool_receiver* rc) noexcept;
   void uncount(pool_receiver* rc) noexcept;
   void maybe_free() noexcept;
@@ -393,6 +404,8 @@ bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res
                          bool kernel_keeps_last) noexcept {
   bool ok = true;
   ++stats_.completions;
+  // The first piece goes straight to the stream's waiting receive, if any.
+  pool_receive_awaitable* direct = keep ? direct_taker(rc) : nullptr;
   const std::uint16_t slot = meta_[bid].slot;
   const auto mask = static_cast<std::uint16_t>(entries_ - 1);
   for (std::uint16_t i = 0; res > 0; ++i) {
@@ -412,8 +425,19 @@ bool pool_state::consume(pool_receiver* rc, std::uint32_t bid, std::uint32_t res
     // (full or not). The buffers before it in a bundle are always full.
     if (!inc_ || (res > 0 ? m.fill == size_ : !kernel_keeps_last))
       left_ring(bid);
-    if (keep && !push(rc, bid, off, n))
+    if (direct != nullptr) {
+      // As take() hands a chunk over: the lease will hold the count.
+      ++m.refs;
+      ++refs_;
+      direct->bid_ = bid;
+      direct->len_ = n;
+      direct->data_ = buffer(bid) + off;
+      direct->res = 0;
+      direct->ready_ = true;
+      direct = nullptr;
+    } else if (keep && !push(rc, bid, off, n)) {
       keep = ok = false; // no chunk record left: this and the rest are lost
+    }
     if (m.refs == 0 && !m.in_ring)
       recycle(bid);
   }
@@ -440,6 +464,16 @@ bool pool_state::take(pool_receiver* rc, pool_receive_awaitable& a) noexcept {
     return true;
   }
   return false;
+}
+
+pool_receive_awaitable* pool_state::direct_taker(pool_receiver* rc) noexcept {
+  if (rc->first != none)
+    return nullptr; // queued chunks come first
+  operation* w = rc->object->read_side.first_waiting;
+  if (w == nullptr || w->issue_fn != &pool_receive_awaitable::not_issued)
+    return nullptr;
+  auto* a = static_cast<pool_receive_awaitable*>(w);
+  return a->ready_ ? nullptr : a;
 }
 
 void pool_state::make_hungry(pool_receiver* rc) noexcept {
@@ -473,7 +507,7 @@ void pool_state::leave_hungry(pool_receiver* rc) noexcept {
   rc->next = nullptr;
 }
 
-void pool_state::wake_hungry() noexcept {
+void pool_state::wake_hungry_slow() noexcept {
   // As many hungry receivers as there are buffers nobody is about to take:
   // each has data waiting, so it takes a buffer (or, if another stream was
   // quicker, goes back in line). Waking fewer could leave buffers idle while
@@ -537,7 +571,9 @@ void pool_state::serve_waiters(pool_receiver* rc, bool inline_first) noexcept {
   operation* resume_now = nullptr;
   while (operation* w = side.first_waiting) {
     const bool is_receive = w->issue_fn == &pool_receive_awaitable::not_issued;
-    if (is_receive && !take(rc, *static_cast<pool_receive_awaitable*>(w)))
+    // (A receive that got its piece directly, in consume, has it already.)
+    if (is_receive && !static_cast<pool_receive_awaitable*>(w)->ready_ &&
+        !take(rc, *static_cast<pool_receive_awaitable*>(w)))
       break;
     side.first_waiting = w->next;
     if (side.first_waiting == nullptr)
@@ -698,6 +734,7 @@ void give_back(pool_state* pool, std::uint32_t bid) noexcept {
 bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
   this->scope = s;
   bid_ = no_buffer;
+  ready_ = false;
   if (this->object == nullptr || this->object->closed || this->object->generation != generation_) {
     // Closed (or never opened): as for every operation on an object.
     this->res = this->owner_ring != nullptr ? -ECANCELED : -EBADF;
@@ -728,7 +765,8 @@ bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scop
     throw std::logic_error("couring: receive(pool) while a read is in progress on the stream");
   }
   // In order: a queued chunk goes to the first receive in line.
-  if (side.first_waiting == nullptr && pool_state::take(rc, *this))
+  if (side.first_waiting == nullptr && (rc->first != none || rc->end != 0) &&
+      pool_state::take(rc, *this))
     return false;
   this->waiter = awaiting;
   this->side = &side;

@@ -80,12 +80,36 @@ kill -0 "$pid" || { echo "echo_server died"; cat "$work/err"; exit 1; }
 echo "== still serving"
 "$loadgen" --port "$port" --connections 50 --size 512 --duration 0.5 --warmup 0.1 --min-per-connection "$floor"
 
+echo "== SIGUSR1 at both ends of a window (loadgen --server-counters): the counters, serving goes on"
+"$loadgen" --port "$port" --connections 20 --size 64 --duration 0.3 --warmup 0.1 \
+  --server-pid "$pid" --server-counters --json "$work/window.json" --min-per-connection "$floor"
+for _ in $(seq 1 100); do
+  (($(grep -c '^counters ' "$work/err") >= 2)) && break
+  sleep 0.05
+done
+python3 - "$work/err" "$work/window.json" <<'PY'
+import json, re, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("counters ")]
+assert len(lines) == 2, f"expected two counters lines, got {lines}"
+a, b = (dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", l)) for l in lines)
+assert set(a) == {"enters", "cqes", "sqes"}, lines
+w = json.load(open(sys.argv[2]))
+rt = w["round_trips"]
+d = {k: (b[k] - a[k]) % (1 << 32) for k in a}
+# Every verified round trip is at least a receive and a send completion, and
+# at least one request (the pool's receive is multishot: its send only).
+assert d["cqes"] >= 1.5 * rt and d["sqes"] >= 0.9 * rt and d["enters"] > 0, (d, rt)
+assert w["server_voluntary_switches"] >= 0, w
+print(f"window: {rt} round trips, {d}")
+PY
+
 kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 pid=
 [[ $status == 0 ]] || { echo "echo_server exited with $status on SIGTERM"; exit 1; }
-if [[ $(wc -l <"$work/out") != 3 || -s $work/err ]]; then
+grep -v '^counters ' "$work/err" >"$work/err.rest" || true
+if [[ $(wc -l <"$work/out") != 3 || -s $work/err.rest ]]; then
   echo "echo_server printed more than its three listening lines:"; cat "$work/out" "$work/err"; exit 1
 fi
 [[ ! -e $sock ]] || { echo "echo_server left its Unix socket file behind"; exit 1; }

@@ -99,6 +99,10 @@ public:
   std::size_t submitted_requests() const noexcept { return ring_.pending(); }
   // Number of io_uring_enter calls made so far (for tests and benchmarks).
   std::uint64_t enter_count() const noexcept { return ring_.enter_count(); }
+  // Completions reaped and requests prepared so far, modulo 2^32 (take
+  // differences; for benchmarks).
+  std::uint32_t cqe_count() const noexcept { return ring_.cqe_count(); }
+  std::uint32_t sqe_count() const noexcept { return ring_.sqe_count(); }
   // Idle spins so far (io_context_options::idle_spin), and how many of them
   // ended because work arrived. Read them on the context's thread, or after
   // its run() returned.

@@ -73,6 +73,9 @@ public:
   std::byte* data_ = nullptr;
   std::uint32_t len_ = 0;
   std::uint32_t bid_ = no_buffer;
+  // Set when the receiver handed this receive its piece directly (it
+  // waited, nothing was queued): serve_waiters resumes it without a take.
+  bool ready_ = false;
 
   // The issue_fn of every pool receive: how the receiver tells one from a
   // read queued behind it. Never called (the receiver never passes its side).
