@@ -37,6 +37,9 @@ public:
   // side if given; r is the object's ring (nullptr with s == nullptr).
   io_awaitable(ring* r, object_state* s, object_side* side) noexcept {
     init(r);
+    // Only an operation on an object can wait in its side's queue, and be
+    // issued from there (pass_side): the others need no issue_fn.
+    this->issue_fn = &Derived::issue;
     this->object = s;
     this->side = side;
     generation_ = s != nullptr ? s->generation : 0;
@@ -45,6 +48,7 @@ public:
   // Only what is set before the await is copied (res and friends are not yet).
   io_awaitable(io_awaitable&& other) noexcept {
     init(other.owner_ring);
+    this->issue_fn = other.issue_fn;
     this->on_complete = other.on_complete;
     this->object = other.object;
     this->side = std::exchange(other.side, nullptr); // the moved-from one waits nowhere
@@ -114,9 +118,12 @@ public:
   static void issue(operation* op) {
     auto* self = static_cast<Derived*>(op);
     ring& r = *op->owner_ring;
+    // Read before prepare (see ring::arm).
+    object_state* const object = op->object;
+    __kernel_timespec* const link_timeout = op->link_timeout;
     io_uring_sqe* sqe = r.get_sqe_for(op);
     self->prepare(sqe);
-    r.arm(sqe, op);
+    r.arm(sqe, op, object, link_timeout);
   }
 
 protected:
@@ -124,12 +131,10 @@ protected:
   bool on_object_ = false;
 
 private:
-  void init(ring* r) noexcept {
-    this->owner_ring = r;
-    // Derived's own issue if it has one: the same function start() calls, so
-    // an operation issued later from its side's queue starts the same way.
-    this->issue_fn = &Derived::issue;
-  }
+  // issue_fn, where needed: Derived's own issue if it has one, the same
+  // function start() calls, so an operation issued later from its side's
+  // queue starts the same way.
+  void init(ring* r) noexcept { this->owner_ring = r; }
 };
 
 } // namespace couring::detail
