@@ -52,8 +52,9 @@ public:
     this->on_complete = other.on_complete;
     this->object = other.object;
     this->side = std::exchange(other.side, nullptr); // the moved-from one waits nowhere
-    generation_ = other.generation_;
     on_object_ = other.on_object_;
+    if (on_object_)
+      generation_ = other.generation_;
   }
   io_awaitable& operator=(io_awaitable&&) = delete;
   ~io_awaitable() {
@@ -127,8 +128,11 @@ public:
   }
 
 protected:
-  std::uint32_t generation_ = 0;
-  bool on_object_ = false;
+  // A 32-bit flag right after operation::outstanding: for an operation on
+  // no object, both are cleared by one 64-bit store.
+  std::uint32_t on_object_ = false;
+  // Set, and read, only for an operation on an object.
+  std::uint32_t generation_;
 
 private:
   // issue_fn, where needed: Derived's own issue if it has one, the same

@@ -59,18 +59,21 @@ struct operation {
   // Prepares and arms this record's request; how a queued operation is
   // issued once the object's side is free, and how a compound one re-arms.
   void (*issue_fn)(operation*) = nullptr;
-
-  ring* owner_ring = nullptr;
+  // The fields above and the next three are null for most records and set
+  // by few: kept together, the compiler clears them with a few wide stores
+  // when a record is built in a coroutine frame.
   // The I/O object whose descriptor the request uses (nullptr: none). The
   // object's descriptor stays open while a request of it is in flight.
   object_state* object = nullptr;
   // The side of that object (reads or writes) this operation holds or waits
   // for; operations on one side run one at a time, in order.
   object_side* side = nullptr;
-  std::coroutine_handle<> waiter{};
-  cancel_scope* scope = nullptr;
   // with_timeout on a single request: an IORING_OP_LINK_TIMEOUT follows it.
   __kernel_timespec* link_timeout = nullptr;
+
+  ring* owner_ring = nullptr;
+  std::coroutine_handle<> waiter{};
+  cancel_scope* scope = nullptr;
   // In a side's queue, or in the ring's posted list. Not initialised: only
   // those lists read it, and whoever links a record in sets it first
   // (take_side, post, the pool's queues), so an operation that never waits
