@@ -7,7 +7,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
+#include <span>
 #include <stdexcept>
+#include <stop_token>
 #include <thread>
 
 #include <couring/couring.hpp>
@@ -16,6 +19,9 @@
 
 using couring::io_context;
 using couring::task;
+using test_support::require_ok;
+using test_support::scaled;
+using test_support::text;
 
 namespace {
 
@@ -27,7 +33,86 @@ task<void> nop_batch(io_context& ctx, int n, int& ok) {
   }
 }
 
+// Reads into buf, first in line on the reader's read side.
+task<void> read_first(couring::pipe_reader& r, std::span<std::byte> buf,
+                      std::optional<couring::result<std::size_t>>& out) {
+  out = co_await r.read(buf);
+}
+
+// Reads into buf through with_timeout, which takes the read by value (the
+// awaitable is moved before it starts): it waits in line behind read_first
+// and is issued from the side's queue by its record's issue_fn.
+task<void> read_second(couring::pipe_reader& r, std::span<std::byte> buf,
+                       std::optional<couring::result<std::size_t>>& out) {
+  out = co_await couring::with_timeout(r.read(buf), scaled(std::chrono::seconds(10)));
+}
+
+task<void> shortcut_and_general_paths(io_context& ctx) {
+  using namespace std::chrono_literals;
+  // No object, scope, side or completion function: dispatch's shortcut.
+  auto plain = co_await couring::nop(ctx);
+  require_ok(plain);
+  // A linked timeout (two CQEs for one record): the general path.
+  auto timed = co_await couring::with_timeout(couring::nop(ctx), scaled(10s));
+  require_ok(timed);
+  // A scope: the general path clears the scope's current operation, so a
+  // stop requested afterwards reaches nothing that has ended.
+  std::stop_source source;
+  auto scoped = co_await couring::with_stop_token(couring::nop(ctx), source.get_token());
+  require_ok(scoped);
+  source.request_stop();
+  auto stopped = co_await couring::with_stop_token(couring::nop(ctx), source.get_token());
+  REQUIRE_FALSE(stopped);
+  CHECK(stopped.error() == std::errc::operation_canceled);
+  // The shortcut again after all that: nothing was left behind.
+  auto again = co_await couring::nop(ctx);
+  require_ok(again);
+}
+
 } // namespace
+
+TEST_CASE("a nop outside any scope, with a linked timeout and in a stop scope completes alike") {
+  io_context ctx;
+  ctx.run(shortcut_and_general_paths(ctx));
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("an operation moved before it starts waits in line and is issued from the queue") {
+  io_context ctx;
+  auto p = couring::pipe(ctx);
+  require_ok(p);
+  auto& reader = p->first;
+  auto& writer = p->second;
+  std::byte first_buf[2], second_buf[2];
+  std::optional<couring::result<std::size_t>> first, second;
+  ctx.spawn(read_first(reader, first_buf, first));
+  ctx.spawn(read_second(reader, second_buf, second));
+  auto feed = [&]() -> task<void> {
+    // Both reads are in place (the first in the kernel, the second in line)
+    // once the spawned tasks have run; then one write for each.
+    auto y = co_await couring::nop(ctx);
+    require_ok(y);
+    CHECK_FALSE(first.has_value());
+    CHECK_FALSE(second.has_value());
+    auto w1 = co_await writer.write("ab");
+    require_ok(w1);
+    while (!first.has_value()) {
+      auto n = co_await couring::nop(ctx);
+      require_ok(n);
+    }
+    CHECK_FALSE(second.has_value()); // issued from the queue, still waiting for data
+    auto w2 = co_await writer.write("cd");
+    require_ok(w2);
+  };
+  ctx.spawn(feed());
+  ctx.run();
+  REQUIRE(first.has_value());
+  REQUIRE(second.has_value());
+  require_ok(*first);
+  require_ok(*second);
+  CHECK(text(std::span(first_buf, **first)) == "ab");
+  CHECK(text(std::span(second_buf, **second)) == "cd");
+}
 
 TEST_CASE("a loop turn hands every operation prepared since the last to one io_uring_enter") {
   io_context ctx;

@@ -37,6 +37,9 @@ public:
   // side if given; r is the object's ring (nullptr with s == nullptr).
   io_awaitable(ring* r, object_state* s, object_side* side) noexcept {
     init(r);
+    // Only an operation on an object can wait in its side's queue, and be
+    // issued from there (pass_side): the others need no issue_fn.
+    this->issue_fn = &Derived::issue;
     this->object = s;
     this->side = side;
     generation_ = s != nullptr ? s->generation : 0;
@@ -45,11 +48,13 @@ public:
   // Only what is set before the await is copied (res and friends are not yet).
   io_awaitable(io_awaitable&& other) noexcept {
     init(other.owner_ring);
+    this->issue_fn = other.issue_fn;
     this->on_complete = other.on_complete;
     this->object = other.object;
     this->side = std::exchange(other.side, nullptr); // the moved-from one waits nowhere
-    generation_ = other.generation_;
     on_object_ = other.on_object_;
+    if (on_object_)
+      generation_ = other.generation_;
   }
   io_awaitable& operator=(io_awaitable&&) = delete;
   ~io_awaitable() {
@@ -114,22 +119,26 @@ public:
   static void issue(operation* op) {
     auto* self = static_cast<Derived*>(op);
     ring& r = *op->owner_ring;
+    // Read before prepare (see ring::arm).
+    object_state* const object = op->object;
+    __kernel_timespec* const link_timeout = op->link_timeout;
     io_uring_sqe* sqe = r.get_sqe_for(op);
     self->prepare(sqe);
-    r.arm(sqe, op);
+    r.arm(sqe, op, object, link_timeout);
   }
 
 protected:
-  std::uint32_t generation_ = 0;
-  bool on_object_ = false;
+  // A 32-bit flag right after operation::outstanding: for an operation on
+  // no object, both are cleared by one 64-bit store.
+  std::uint32_t on_object_ = false;
+  // Set, and read, only for an operation on an object.
+  std::uint32_t generation_;
 
 private:
-  void init(ring* r) noexcept {
-    this->owner_ring = r;
-    // Derived's own issue if it has one: the same function start() calls, so
-    // an operation issued later from its side's queue starts the same way.
-    this->issue_fn = &Derived::issue;
-  }
+  // issue_fn, where needed: Derived's own issue if it has one, the same
+  // function start() calls, so an operation issued later from its side's
+  // queue starts the same way.
+  void init(ring* r) noexcept { this->owner_ring = r; }
 };
 
 } // namespace couring::detail

@@ -59,19 +59,26 @@ struct operation {
   // Prepares and arms this record's request; how a queued operation is
   // issued once the object's side is free, and how a compound one re-arms.
   void (*issue_fn)(operation*) = nullptr;
-
-  ring* owner_ring = nullptr;
+  // The fields above and the next three are null for most records and set
+  // by few: kept together, the compiler clears them with a few wide stores
+  // when a record is built in a coroutine frame.
   // The I/O object whose descriptor the request uses (nullptr: none). The
   // object's descriptor stays open while a request of it is in flight.
   object_state* object = nullptr;
   // The side of that object (reads or writes) this operation holds or waits
   // for; operations on one side run one at a time, in order.
   object_side* side = nullptr;
-  std::coroutine_handle<> waiter{};
-  cancel_scope* scope = nullptr;
   // with_timeout on a single request: an IORING_OP_LINK_TIMEOUT follows it.
   __kernel_timespec* link_timeout = nullptr;
-  operation* next = nullptr; // in a side's queue, or in the ring's posted list
+
+  ring* owner_ring = nullptr;
+  std::coroutine_handle<> waiter{};
+  cancel_scope* scope = nullptr;
+  // In a side's queue, or in the ring's posted list. Not initialised: only
+  // those lists read it, and whoever links a record in sets it first
+  // (take_side, post, the pool's queues), so an operation that never waits
+  // in a list pays no store for it.
+  operation* next;
 
   // Filled in by the completion (or by start() when nothing is submitted);
   // left uninitialised until then, they cost nothing per operation.
@@ -224,15 +231,25 @@ public:
   // keeps the old value), counts the CQE it will produce, counts the request
   // against its object, and appends op's linked timeout if it has one.
   void arm(io_uring_sqe* sqe, operation* op) noexcept {
+    arm(sqe, op, op->object, op->link_timeout);
+  }
+  // The same with op's object and linked timeout as they were before the
+  // SQE was prepared. io_awaitable::issue reads them first: the SQE's stores
+  // may alias the record as far as the compiler knows, so read afterwards
+  // they are loaded and tested on every operation, while read before, for a
+  // record just built in the frame (a nop, a timer), they are known
+  // constants and both tests vanish.
+  [[gnu::always_inline]] void arm(io_uring_sqe* sqe, operation* op, object_state* object,
+                                  __kernel_timespec* link_timeout) noexcept {
     io_uring_sqe_set_data(sqe, op);
     ++op->outstanding;
     ++pending_;
-    if (op->object != nullptr) {
-      ++op->object->in_flight;
-      if (op->object->direct) [[unlikely]]
+    if (object != nullptr) {
+      ++object->in_flight;
+      if (object->direct) [[unlikely]]
         sqe->flags |= IOSQE_FIXED_FILE;
     }
-    if (op->link_timeout != nullptr) [[unlikely]]
+    if (link_timeout != nullptr) [[unlikely]]
       attach_link_timeout(sqe, op);
   }
   // IORING_OP_ASYNC_CANCEL for op; op still completes through its own CQE.
@@ -376,11 +393,13 @@ public:
 private:
   template <bool Draining>
   void dispatch(std::uint64_t ud, int res, std::uint32_t flags) noexcept {
-    // 0: ours, fire-and-forget (cancels). ~0: liburing's own timeout
-    // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG. One compare for both.
-    if (ud + 1 <= 1)
-      return;
-    if (ud & (link_timeout_tag | message_tag)) [[unlikely]] {
+    // Anything but a plain record's address leaves the common path with one
+    // test of the tag bits and one of zero. 0: ours, fire-and-forget
+    // (cancels). ~0 (both tag bits set): liburing's own timeout
+    // (LIBURING_UDATA_TIMEOUT) on kernels without EXT_ARG.
+    if ((ud & (link_timeout_tag | message_tag)) != 0 || ud == 0) [[unlikely]] {
+      if (ud + 1 <= 1)
+        return;
       if (ud & message_tag) {
         on_message(ud, res); // not a request of ours: pending_ never counted it
         return;
@@ -400,6 +419,21 @@ private:
       return;
     }
     --pending_;
+    if constexpr (!Draining) {
+      // The common record (no object, no completion function, no scope, no
+      // side: a nop, a timer, an operation outside any scope) resumes its
+      // coroutine after one test of the four fields together; what the
+      // general path below would do for it is exactly that.
+      const auto others = reinterpret_cast<std::uintptr_t>(op->object) |
+                          reinterpret_cast<std::uintptr_t>(op->on_complete) |
+                          reinterpret_cast<std::uintptr_t>(op->scope) |
+                          reinterpret_cast<std::uintptr_t>(op->side);
+      if (others == 0) [[likely]] {
+        if (--op->outstanding == 0)
+          op->waiter.resume();
+        return;
+      }
+    }
     if (object_state* s = op->object) {
       // The request no longer uses the descriptor: if the object was closed
       // meanwhile and this was its last request, the descriptor goes now.
