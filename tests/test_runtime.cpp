@@ -871,6 +871,26 @@ task<void> read_until_closed(unix_stream& s, std::atomic<int>& ended) {
   ended.fetch_add(1);
 }
 
+// n reads that never complete, each on a socket pair of its own, until
+// close_all(): the in-flight operations a batched sleep waits among.
+struct idle_reads {
+  std::vector<std::pair<unix_stream, unix_stream>> pairs;
+  std::atomic<int> ended{0};
+  idle_reads(io_context& ctx, int n) {
+    pairs.reserve(static_cast<std::size_t>(n)); // the readers hold references into it
+    for (int i = 0; i < n; ++i) {
+      auto p = couring::socketpair(ctx);
+      check_ok(p, "socketpair");
+      pairs.push_back(std::move(*p));
+      ctx.spawn(read_until_closed(pairs.back().first, ended));
+    }
+  }
+  void close_all() {
+    for (auto& p : pairs)
+      p.first.close();
+  }
+};
+
 struct latency_among_idle {
   std::chrono::microseconds took{};
   std::uint64_t enters = 0;
@@ -880,33 +900,25 @@ struct latency_among_idle {
 // On ctx (its thread): `idle` reads that never complete are in flight while a
 // byte that is already in a socket is read; how long that read took.
 task<latency_among_idle> read_among_idle(io_context& ctx, int idle) {
-  std::vector<std::pair<unix_stream, unix_stream>> pairs;
-  for (int i = 0; i <= idle; ++i) {
-    auto p = couring::socketpair(ctx);
-    check_ok(p, "socketpair");
-    pairs.push_back(std::move(*p));
-  }
-  std::atomic<int> ended{0};
-  for (int i = 1; i <= idle; ++i)
-    ctx.spawn(read_until_closed(pairs[i].first, ended));
+  auto active = couring::socketpair(ctx);
+  check_ok(active, "socketpair");
+  idle_reads idlers(ctx, idle);
   co_await sleep_for(ctx, 1ms); // the idle reads are in flight
-  auto w = co_await pairs[0].second.write(test_support::bytes("x"));
+  auto w = co_await active->second.write(test_support::bytes("x"));
   check_ok(w, "write");
   latency_among_idle out;
   std::byte b[4];
   const std::uint64_t enters = ctx.enter_count();
   const auto start = std::chrono::steady_clock::now();
-  auto r = co_await pairs[0].first.read(b);
+  auto r = co_await active->first.read(b);
   out.took = std::chrono::duration_cast<std::chrono::microseconds>(
       std::chrono::steady_clock::now() - start);
   out.enters = ctx.enter_count() - enters;
   check_ok(r, "read");
   out.got = test_support::text(std::span(b, *r));
-  for (auto& p : pairs) {
-    p.first.close();
-    p.second.close();
-  }
-  for (int i = 0; ended.load() != idle; ++i) {
+  active->first.close();
+  idlers.close_all();
+  for (int i = 0; idlers.ended.load() != idle; ++i) {
     check(i < 5000, "the idle reads end");
     co_await sleep_for(ctx, 1ms);
   }
@@ -975,26 +987,17 @@ TEST_CASE("wait_batch: idle operations do not wake the loop every window") {
   // timeout; ring::enter_batched gives one, so a loop whose requests sit
   // idle (connections that say nothing) sleeps until something comes.
   io_context ctx(batched(16, 1us));
-  std::vector<std::pair<unix_stream, unix_stream>> pairs;
-  pairs.reserve(8); // the readers hold references into it
-  std::atomic<int> ended{0};
-  for (int i = 0; i < 8; ++i) {
-    auto p = couring::socketpair(ctx);
-    REQUIRE(p);
-    pairs.push_back(std::move(*p));
-    ctx.spawn(read_until_closed(pairs.back().first, ended));
-  }
+  idle_reads idlers(ctx, 8);
   const std::uint64_t enters = ctx.run([&]() -> task<std::uint64_t> {
     co_await sleep_for(ctx, 1ms);
     const std::uint64_t before = ctx.enter_count();
     co_await sleep_for(ctx, 100ms); // 100,000 windows
     const std::uint64_t n = ctx.enter_count() - before;
-    for (auto& p : pairs)
-      p.first.close();
+    idlers.close_all();
     co_return n;
   }());
   ctx.run();
-  CHECK(ended.load() == 8);
+  CHECK(idlers.ended.load() == 8);
   CHECK(enters < 10);
 }
 
@@ -1020,15 +1023,7 @@ TEST_CASE("wait_batch: the runtime's loops batch, and stop() ends a batched slee
   // stop() from another thread while context 0 sleeps with idle reads in
   // flight: run returns (within a window of the wake-up), nothing is lost.
   io_context ctx(batched(16, window));
-  std::vector<std::pair<unix_stream, unix_stream>> pairs;
-  pairs.reserve(8); // the readers hold references into it
-  std::atomic<int> ended{0};
-  for (int i = 0; i < 8; ++i) {
-    auto p = couring::socketpair(ctx);
-    REQUIRE(p);
-    pairs.push_back(std::move(*p));
-    ctx.spawn(read_until_closed(pairs.back().first, ended));
-  }
+  idle_reads idlers(ctx, 8);
   const auto start = std::chrono::steady_clock::now();
   std::thread stopper([&] {
     std::this_thread::sleep_for(20ms);
@@ -1037,8 +1032,7 @@ TEST_CASE("wait_batch: the runtime's loops batch, and stop() ends a batched slee
   ctx.run();
   stopper.join();
   CHECK(std::chrono::steady_clock::now() - start < 5s);
-  for (auto& p : pairs)
-    p.first.close();
+  idlers.close_all();
   ctx.run();
-  CHECK(ended.load() == 8);
+  CHECK(idlers.ended.load() == 8);
 }

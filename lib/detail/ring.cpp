@@ -12,10 +12,9 @@
 #include <stdexcept>
 #include <system_error>
 
+#include <csignal> // _NSIG: the signal-mask size enter_batched passes
 #include <cstdlib>
 #include <string_view>
-
-#include <csignal>
 
 #include <fcntl.h>
 #include <pthread.h>
