@@ -600,6 +600,48 @@ void pool_state::on_cqe(operation* op) noexcept {
   pool_state& p = *rc->pool;
   const std::uint32_t flags = op->cqe_flags;
   const int res = op->res;
+  // The common case of a server that answers each message: data for one
+  // buffer piece, the multishot goes on, nothing queued, and the stream's
+  // one receive waits for it. Handed over and resumed here, with exactly
+  // what consume + serve_waiters below would do for it, and nothing else.
+  constexpr std::uint32_t more_buffer = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+  if ((flags & more_buffer) == more_buffer && res > 0 && rc->first == none && rc->end == 0 &&
+      !rc->woken && !op->object->closed) [[likely]] {
+    object_side& side = op->object->read_side;
+    operation* w = side.first_waiting;
+    const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
+    buf_meta& m = p.meta_[bid];
+    const std::uint32_t off = p.inc_ ? m.fill : 0;
+    const auto n = static_cast<std::uint32_t>(res);
+    // One waiter (a second one could only be served from a queue, and a
+    // read behind a receive must be failed: the general path does both),
+    // and one piece (no bundle running into the next buffer).
+    if (w != nullptr && w == side.last_waiting &&
+        w->issue_fn == &pool_receive_awaitable::not_issued && n <= p.size_ - off) {
+      auto* a = static_cast<pool_receive_awaitable*>(w);
+      ++p.stats_.completions;
+      ++p.stats_.pieces;
+      if (p.inc_)
+        m.fill += n;
+      if (!p.inc_ || (flags & IORING_CQE_F_BUF_MORE) == 0)
+        p.left_ring(bid);
+      ++m.refs; // the lease holds it
+      ++p.refs_;
+      a->bid_ = bid;
+      a->len_ = n;
+      a->data_ = p.buffer(bid) + off;
+      a->res = 0;
+      side.first_waiting = nullptr;
+      side.last_waiting = nullptr;
+      p.r_->count_parked(-1);
+      a->side = nullptr;
+      a->cancel_fn = nullptr;
+      if (a->scope != nullptr)
+        a->scope->clear_current(a);
+      a->waiter.resume(); // last: the coroutine may close the stream (and free rc)
+      return;
+    }
+  }
   const bool more = (flags & IORING_CQE_F_MORE) != 0;
   const bool was_poll = rc->in_kernel == pool_receiver::request::poll;
   if (!more) {
@@ -768,12 +810,32 @@ bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scop
   if (side.first_waiting == nullptr && (rc->first != none || rc->end != 0) &&
       pool_state::take(rc, *this))
     return false;
+  // Waits in line behind the receiver (side.active), as ring::take_side
+  // would queue it, without the call: the receiver is always active here.
   this->waiter = awaiting;
   this->side = &side;
-  this->owner_ring->take_side(this); // waits in line behind the receiver
+  this->next = nullptr;
+  if (side.last_waiting != nullptr)
+    side.last_waiting->next = this;
+  else
+    side.first_waiting = this;
+  side.last_waiting = this;
+  this->owner_ring->count_parked(+1);
+  this->cancel_fn = &cancel_waiting;
   if (s != nullptr)
     s->set_current(this);
   return true;
+}
+
+void pool_receive_awaitable::cancel_waiting(operation* op) noexcept {
+  // Cancelled while waiting in line (a scope, with_timeout): nothing of its
+  // own was submitted, so it ends here, resumed on the next loop turn.
+  ring& r = *op->owner_ring;
+  ring::leave_queue(op);
+  op->res = -ECANCELED;
+  if (op->scope != nullptr)
+    op->scope->clear_current(op);
+  r.post(op);
 }
 
 } // namespace couring::detail

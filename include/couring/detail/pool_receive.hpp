@@ -82,6 +82,9 @@ public:
   static void not_issued(operation*) {}
 
 private:
+  // Its cancel_fn while it waits in the read side's queue.
+  static void cancel_waiting(operation* op) noexcept;
+
   pool_state* pool_;
   std::uint32_t generation_ = 0;
 };
