@@ -183,7 +183,14 @@ private:
   std::byte* mem_ = nullptr;
   std::size_t mem_bytes_ = 0;
   std::unique_ptr<buf_meta[]> meta_;
-  std::unique_ptr<chunk[]> chunks_;
+  // Chunk records: an anonymous mapping of chunk_cap_ records, touched
+  // only as far as they are used (fresh_: the first never used; below it,
+  // the free ones are linked from free_chunk_), so that the bound costs
+  // address space, not memory, until chunks are actually queued.
+  chunk* chunks_ = nullptr;
+  std::size_t chunks_bytes_ = 0;
+  std::uint32_t chunk_cap_ = 0;
+  std::uint32_t fresh_ = 0;
   std::uint32_t free_chunk_ = none;
   std::size_t refs_ = 0;    // chunks in all buffers (a stopped pool waits for them)
   std::uint32_t out_ = 0;   // buffers out of the ring, not back yet
@@ -250,15 +257,25 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size, const buffe
                                 "couring: buffer_pool: cannot register the buffer ring");
     }
     inc_ = reg.pad != 0;
-    // Without INC a buffer holds one chunk at most: one record each.
+    // Without INC a buffer holds one chunk at most: one record each. With
+    // it, a buffer holds a chunk per piece the kernel put in it while
+    // nobody took it (streams interleave: the pieces of one stream merge
+    // only when they are adjacent), and pieces can be a byte: the count is
+    // bounded by count * size, not by anything smaller. The default is what
+    // the pool's memory holds in 64-byte pieces (with 4 KiB buffers; at
+    // least 1,024): streams whose queued chunks average 64 bytes or more
+    // run out of buffers -- back-pressure -- before they run out of
+    // records (the error). The mapping is only touched as records are
+    // used: the bound costs address space, and memory only for chunks
+    // actually queued at once (16 bytes each).
     std::size_t n = count;
     if (inc_)
       n = o.max_queued_chunks != 0 ? o.max_queued_chunks : std::max<std::size_t>(1024, 64 * count);
     if (n > none - 1)
       n = none - 1;
-    chunks_ = std::make_unique<chunk[]>(n);
-    for (std::size_t i = n; i-- > 0;)
-      release_chunk(static_cast<std::uint32_t>(i));
+    chunk_cap_ = static_cast<std::uint32_t>(n);
+    chunks_bytes_ = page_round(n * sizeof(chunk));
+    chunks_ = static_cast<chunk*>(map_anonymous(chunks_bytes_));
   } catch (...) {
     if (registered)
       r.unregister_buffer_ring(bgid_); // before its memory goes
@@ -271,6 +288,7 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size, const buffe
 }
 
 pool_state::~pool_state() {
+  ::munmap(chunks_, chunks_bytes_);
   ::munmap(mem_, mem_bytes_);
   ::munmap(br_, br_bytes_);
 }
@@ -385,10 +403,13 @@ bool pool_state::push(pool_receiver* rc, std::uint32_t bid, std::uint32_t off,
       return true;
     }
   }
-  const std::uint32_t c = free_chunk_;
-  if (c == none)
+  std::uint32_t c = free_chunk_;
+  if (c != none)
+    free_chunk_ = chunks_[c].next;
+  else if (fresh_ < chunk_cap_)
+    c = fresh_++;
+  else
     return false;
-  free_chunk_ = chunks_[c].next;
   chunks_[c] = {none, bid, off, len};
   ++meta_[bid].refs;
   ++refs_;

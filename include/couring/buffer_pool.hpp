@@ -102,7 +102,8 @@ struct buffer_pool_options {
   bool bundle = true;
   // With incremental consumption a buffer holds many chunks, so chunks that
   // arrived while nobody waited are queued in records of their own: at most
-  // this many per pool (0: max(1024, 64 * count)), allocated with the pool.
+  // this many per pool (0: max(1024, 64 * count)), reserved with the pool
+  // (address space: memory is used only for as many as are queued at once).
   // A stream whose chunk finds none left ends with no_buffer_space (ENOBUFS)
   // after its queued data: take what arrives (or hold leases, which cost no
   // record) rather than leave thousands of small chunks unread.
