@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <stop_token>
@@ -828,4 +829,133 @@ TEST_CASE("two receives waiting on one stream: the first gets the first piece di
     CHECK(text(third->data()) == std::string(50, 'c'));
   };
   ctx.run(body());
+}
+
+namespace {
+task<void> send_text(tcp_stream& s, std::string msg) {
+  require_ok(co_await s.write_all(msg));
+}
+} // namespace
+
+TEST_CASE("the one waiting receive served straight from the completion: timeouts, stops and "
+          "queued data around it") {
+  // The common case (one piece, one receive waiting) is handed over in the
+  // completion itself; a receive under with_timeout / with_stop_token takes
+  // that path too, and the next one still waits, times out, is cancelled
+  // and then receives, in order, with nothing lost.
+  io_context ctx;
+  buffer_pool pool(ctx, 8, 4096);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    constexpr int rounds = 200;
+    for (int i = 0; i < rounds; ++i) {
+      const std::string msg = "m" + std::to_string(i);
+      ctx.spawn(send_text(p.client, msg)); // its bytes arrive while the receive waits
+      std::stop_source never;
+      result<buffer_lease> lease = buffer_lease{};
+      if (i % 2 == 0)
+        lease = co_await couring::with_timeout(p.server.receive(pool), scaled(5s));
+      else
+        lease = co_await couring::with_stop_token(p.server.receive(pool), never.get_token());
+      REQUIRE(lease);
+      CHECK(text(lease->data()) == msg);
+    }
+    CHECK(pool.stats().completions == rounds);
+    // A receive that waits after those still times out, and one cancelled
+    // while waiting still ends; the data that comes after goes to the next.
+    auto late = co_await couring::with_timeout(p.server.receive(pool), 20ms);
+    CHECK(is(late.error(), std::errc::timed_out));
+    std::stop_source stop;
+    auto stopper = [&]() -> task<void> {
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      stop.request_stop();
+    };
+    ctx.spawn(stopper());
+    auto stopped = co_await couring::with_stop_token(p.server.receive(pool), stop.get_token());
+    CHECK(is(stopped.error(), std::errc::operation_canceled));
+    require_ok(co_await p.client.write_all(bytes("after")));
+    auto after = co_await couring::with_timeout(p.server.receive(pool), scaled(5s));
+    REQUIRE(after);
+    CHECK(text(after->data()) == "after");
+    // Close while a receive waits: it ends with operation_canceled.
+    auto closer = [&]() -> task<void> {
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      p.server.close();
+    };
+    ctx.spawn(closer());
+    auto closed = co_await p.server.receive(pool);
+    CHECK(is(closed.error(), std::errc::operation_canceled));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 8);
+}
+
+TEST_CASE("INC: chunk records are recycled: a bound of 4 serves round after round") {
+  io_context ctx;
+  buffer_pool pool(ctx, 2, 4096, {.max_queued_chunks = 4});
+  if (!pool.incremental()) {
+    CHECK(on_epoll(ctx));
+    return;
+  }
+  auto listener = loopback_listener(ctx);
+  constexpr int streams = 4;
+  auto body = [&]() -> task<void> {
+    std::vector<couring::tcp_stream> servers, clients;
+    for (int i = 0; i < streams; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      servers.push_back(std::move(p.server));
+      clients.push_back(std::move(p.client));
+    }
+    for (int i = 0; i < streams; ++i) {
+      require_ok(co_await clients[i].write_all(bytes("a")));
+      auto l = co_await servers[i].receive(pool);
+      require_ok(l);
+    }
+    // Each round queues 4 chunks (interleaved in one buffer: no merging),
+    // exactly the bound, and takes them all: the records come back and the
+    // next round finds them (freed ones, not new ones).
+    for (int round = 0; round < 10; ++round) {
+      for (int i = 0; i < streams; ++i) {
+        require_ok(
+            co_await clients[i].write_all(bytes(std::string(8, static_cast<char>('a' + i)))));
+        (void)co_await couring::sleep_for(ctx, 2ms);
+      }
+      for (int i = 0; i < streams; ++i) {
+        auto l = co_await couring::with_timeout(servers[i].receive(pool), scaled(2s));
+        REQUIRE(l);
+        CHECK(text(l->data()) == std::string(8, static_cast<char>('a' + i)));
+      }
+    }
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 2);
+}
+
+namespace {
+// Resident set size of this process, from /proc/self/statm.
+std::size_t resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  REQUIRE(f != nullptr);
+  unsigned long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lu %lu", &size, &resident);
+  std::fclose(f);
+  REQUIRE(n == 2);
+  return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+} // namespace
+
+TEST_CASE("a pool of 8,192 buffers: its chunk records cost memory only when chunks queue") {
+  // The default bound (64 per buffer with INC: 524,288 records, 8 MiB) and
+  // even a bound of 16 M records (256 MiB) are address space: making the
+  // pool touches neither (nor the buffers), only the per-buffer records and
+  // the ring itself (about 256 KiB).
+  io_context ctx;
+  const std::size_t before = resident_bytes();
+  buffer_pool pool(ctx, 8192, 4096);
+  buffer_pool wide(ctx, 64, 4096, {.max_queued_chunks = std::size_t{1} << 24});
+  const std::size_t after = resident_bytes();
+  CHECK(after - before < std::size_t{2} << 20);
+  CHECK(pool.available() == 8192);
+  CHECK(wide.available() == 64);
 }
