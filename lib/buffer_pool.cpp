@@ -77,19 +77,6 @@ void* map_anonymous(std::size_t bytes) {
 }
 } // namespace
 
-struct pool_receiver : operation {
-  enum class request : std::uint8_t { none, recv, poll };
-  pool_state* pool = nullptr;
-  std::uint32_t first = none; // queued buffers, oldest first
-  std::uint32_t last = none;
-  int end = 0; // 0: open; 1: end of stream; < 0: errno (after the queue)
-  request in_kernel = request::none;
-  bool hungry = false;
-  bool woken = false;   // re-armed from the hungry list, no CQE yet
-  bool counted = false; // its request counts as background work (count_internal)
-  bool bundled = false; // its receive asked for bundles
-};
-
 class pool_state {
 public:
   pool_state(ring& r, std::size_t count, std::size_t size, const buffer_pool_options& o);
@@ -307,7 +294,7 @@ pool_receiver* pool_state::new_receiver(object_state* s) {
   *rc = pool_receiver{};
   rc->owner_ring = r_;
   rc->object = s;
-  rc->on_complete = &on_cqe;
+  rc->on_complete = &on_receiver_cqe;
   rc->on_abandon = &on_abandon;
   rc->cancel_fn = &on_close;
   rc->pool = this;
@@ -732,6 +719,10 @@ void pool_state::on_cqe(operation* op) noexcept {
   serve_waiters(rc, true);
 }
 
+void on_receiver_cqe(operation* op) noexcept {
+  pool_state::on_cqe(op);
+}
+
 void pool_state::on_abandon(operation* op) noexcept {
   // Teardown: nothing is resumed; buffers go back, the record goes once the
   // stream is closed too.
@@ -794,7 +785,7 @@ void give_back(pool_state* pool, std::uint32_t bid) noexcept {
   pool->give_back(bid);
 }
 
-bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+bool pool_receive_awaitable::start_slow(std::coroutine_handle<> awaiting, cancel_scope* s) {
   this->scope = s;
   bid_ = no_buffer;
   ready_ = false;
@@ -820,7 +811,7 @@ bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scop
       pool_->destroy(rc);
       throw;
     }
-  } else if (side.active->on_complete == &pool_state::on_cqe) {
+  } else if (side.active->on_complete == &on_receiver_cqe) {
     rc = static_cast<pool_receiver*>(side.active);
     if (rc->pool != pool_)
       throw std::logic_error("couring: a stream receives from one buffer_pool only");
@@ -831,20 +822,7 @@ bool pool_receive_awaitable::start(std::coroutine_handle<> awaiting, cancel_scop
   if (side.first_waiting == nullptr && (rc->first != none || rc->end != 0) &&
       pool_state::take(rc, *this))
     return false;
-  // Waits in line behind the receiver (side.active), as ring::take_side
-  // would queue it, without the call: the receiver is always active here.
-  this->waiter = awaiting;
-  this->side = &side;
-  this->next = nullptr;
-  if (side.last_waiting != nullptr)
-    side.last_waiting->next = this;
-  else
-    side.first_waiting = this;
-  side.last_waiting = this;
-  this->owner_ring->count_parked(+1);
-  this->cancel_fn = &cancel_waiting;
-  if (s != nullptr)
-    s->set_current(this);
+  wait_in_line(awaiting, s, side);
   return true;
 }
 

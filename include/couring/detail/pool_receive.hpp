@@ -25,6 +25,25 @@
 
 namespace couring::detail {
 
+// A stream's receiver (lib/buffer_pool.cpp has the machinery); here so that
+// a receive can tell at once whether it simply waits in line.
+struct pool_receiver : operation {
+  static constexpr std::uint32_t none = ~std::uint32_t{0};
+  enum class request : std::uint8_t { none, recv, poll };
+  pool_state* pool = nullptr;
+  std::uint32_t first = none; // queued buffers, oldest first
+  std::uint32_t last = none;
+  int end = 0; // 0: open; 1: end of stream; < 0: errno (after the queue)
+  request in_kernel = request::none;
+  bool hungry = false;
+  bool woken = false;   // re-armed from the hungry list, no CQE yet
+  bool counted = false; // its request counts as background work (count_internal)
+  bool bundled = false; // its receive asked for bundles
+};
+
+// The receiver's on_complete (and how a receiver is told from other records).
+void on_receiver_cqe(operation* op) noexcept;
+
 class pool_receive_awaitable : public operation {
 public:
   // Cancellation reaches it where it waits (in the read side's queue), not
@@ -59,7 +78,25 @@ public:
   // Takes a queued chunk at once (false), or waits (true). Throws
   // std::logic_error if the stream receives from another pool or a read is
   // in progress on it, std::bad_alloc if no receiver record can be had.
-  bool start(std::coroutine_handle<> awaiting, cancel_scope* s);
+  bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
+    // The common case, inline: the stream's receiver is armed, has nothing
+    // queued and has not ended; the receive just waits in line behind it.
+    // Everything else (the first receive, queued chunks, the end, a closed
+    // stream, misuse) is start_slow.
+    if (object_state* o = this->object; o != nullptr && !o->closed &&
+                                        o->generation == generation_ &&
+                                        (s == nullptr || !s->cancelled())) {
+      operation* a = o->read_side.active;
+      if (a != nullptr && a->on_complete == &on_receiver_cqe) {
+        const auto* rc = static_cast<const pool_receiver*>(a);
+        if (rc->pool == pool_ && rc->first == pool_receiver::none && rc->end == 0) {
+          wait_in_line(awaiting, s, o->read_side);
+          return true;
+        }
+      }
+    }
+    return start_slow(awaiting, s);
+  }
 
   result<buffer_lease> await_resume() noexcept {
     if (this->res < 0)
@@ -82,6 +119,26 @@ public:
   static void not_issued(operation*) {}
 
 private:
+  bool start_slow(std::coroutine_handle<> awaiting, cancel_scope* s);
+  // Waits in line behind the receiver (side.active), as ring::take_side
+  // would queue it, without the call: the receiver is always active here.
+  void wait_in_line(std::coroutine_handle<> awaiting, cancel_scope* s, object_side& side) noexcept {
+    this->scope = s;
+    bid_ = no_buffer;
+    ready_ = false;
+    this->waiter = awaiting;
+    this->side = &side;
+    this->next = nullptr;
+    if (side.last_waiting != nullptr)
+      side.last_waiting->next = this;
+    else
+      side.first_waiting = this;
+    side.last_waiting = this;
+    this->owner_ring->count_parked(+1);
+    this->cancel_fn = &cancel_waiting;
+    if (s != nullptr)
+      s->set_current(this);
+  }
   // Its cancel_fn while it waits in the read side's queue.
   static void cancel_waiting(operation* op) noexcept;
 
