@@ -98,7 +98,10 @@ public:
   bool bundled() const noexcept { return bundle_; }
   void destroy(pool_receiver* rc) noexcept;
 
-  static void on_cqe(operation* op) noexcept;
+  // Everything but the common case (on_receiver_cqe): out of line, so that
+  // the common case saves no registers for it.
+  [[gnu::noinline]] static void on_cqe(operation* op) noexcept;
+  friend void on_receiver_cqe(operation* op) noexcept;
   static void on_abandon(operation* op) noexcept;
   static void on_close(operation* op) noexcept;
 
@@ -608,48 +611,6 @@ void pool_state::on_cqe(operation* op) noexcept {
   pool_state& p = *rc->pool;
   const std::uint32_t flags = op->cqe_flags;
   const int res = op->res;
-  // The common case of a server that answers each message: data for one
-  // buffer piece, the multishot goes on, nothing queued, and the stream's
-  // one receive waits for it. Handed over and resumed here, with exactly
-  // what consume + serve_waiters below would do for it, and nothing else.
-  constexpr std::uint32_t more_buffer = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
-  if ((flags & more_buffer) == more_buffer && res > 0 && rc->first == none && rc->end == 0 &&
-      !rc->woken && !op->object->closed) [[likely]] {
-    object_side& side = op->object->read_side;
-    operation* w = side.first_waiting;
-    const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
-    buf_meta& m = p.meta_[bid];
-    const std::uint32_t off = p.inc_ ? m.fill : 0;
-    const auto n = static_cast<std::uint32_t>(res);
-    // One waiter (a second one could only be served from a queue, and a
-    // read behind a receive must be failed: the general path does both),
-    // and one piece (no bundle running into the next buffer).
-    if (w != nullptr && w == side.last_waiting &&
-        w->issue_fn == &pool_receive_awaitable::not_issued && n <= p.size_ - off) {
-      auto* a = static_cast<pool_receive_awaitable*>(w);
-      ++p.stats_.completions;
-      ++p.stats_.pieces;
-      if (p.inc_)
-        m.fill += n;
-      if (!p.inc_ || (flags & IORING_CQE_F_BUF_MORE) == 0)
-        p.left_ring(bid);
-      ++m.refs; // the lease holds it
-      ++p.refs_;
-      a->bid_ = bid;
-      a->len_ = n;
-      a->data_ = p.buffer(bid) + off;
-      a->res = 0;
-      side.first_waiting = nullptr;
-      side.last_waiting = nullptr;
-      p.r_->count_parked(-1);
-      a->side = nullptr;
-      a->cancel_fn = nullptr;
-      if (a->scope != nullptr)
-        a->scope->clear_current(a);
-      a->waiter.resume(); // last: the coroutine may close the stream (and free rc)
-      return;
-    }
-  }
   const bool more = (flags & IORING_CQE_F_MORE) != 0;
   const bool was_poll = rc->in_kernel == pool_receiver::request::poll;
   if (!more) {
@@ -720,6 +681,52 @@ void pool_state::on_cqe(operation* op) noexcept {
 }
 
 void on_receiver_cqe(operation* op) noexcept {
+  auto* rc = static_cast<pool_receiver*>(op);
+  pool_state& p = *rc->pool;
+  const std::uint32_t flags = op->cqe_flags;
+  const int res = op->res;
+  // The common case of a server that answers each message: data for one
+  // buffer piece, the multishot goes on, nothing queued, and the stream's
+  // one receive waits for it. Handed over and resumed here, with exactly
+  // what on_cqe's consume + serve_waiters would do for it, nothing else.
+  constexpr std::uint32_t more_buffer = IORING_CQE_F_MORE | IORING_CQE_F_BUFFER;
+  if ((flags & more_buffer) == more_buffer && res > 0 && rc->first == none && rc->end == 0 &&
+      !rc->woken && !op->object->closed) [[likely]] {
+    object_side& side = op->object->read_side;
+    operation* w = side.first_waiting;
+    const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
+    pool_state::buf_meta& m = p.meta_[bid];
+    const std::uint32_t off = p.inc_ ? m.fill : 0;
+    const auto n = static_cast<std::uint32_t>(res);
+    // One waiter (a second one could only be served from a queue, and a
+    // read behind a receive must be failed: the general path does both),
+    // and one piece (no bundle running into the next buffer).
+    if (w != nullptr && w == side.last_waiting &&
+        w->issue_fn == &pool_receive_awaitable::not_issued && n <= p.size_ - off) {
+      auto* a = static_cast<pool_receive_awaitable*>(w);
+      ++p.stats_.completions;
+      ++p.stats_.pieces;
+      if (p.inc_)
+        m.fill += n;
+      if (!p.inc_ || (flags & IORING_CQE_F_BUF_MORE) == 0)
+        p.left_ring(bid);
+      ++m.refs; // the lease holds it
+      ++p.refs_;
+      a->bid_ = bid;
+      a->len_ = n;
+      a->data_ = p.buffer(bid) + off;
+      a->res = 0;
+      side.first_waiting = nullptr;
+      side.last_waiting = nullptr;
+      p.r_->count_parked(-1);
+      a->side = nullptr;
+      a->cancel_fn = nullptr;
+      if (a->scope != nullptr)
+        a->scope->clear_current(a);
+      a->waiter.resume(); // last: the coroutine may close the stream (and free rc)
+      return;
+    }
+  }
   pool_state::on_cqe(op);
 }
 
