@@ -58,7 +58,8 @@ namespace couring::detail {
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
-constexpr std::uint16_t pbuf_ring_inc = 2; // IOU_PBUF_RING_INC
+constexpr std::uint16_t pbuf_ring_inc = 2;          // IOU_PBUF_RING_INC
+constexpr unsigned feat_recvsend_bundle = 1U << 14; // IORING_FEAT_RECVSEND_BUNDLE
 
 namespace {
 constexpr std::uint32_t none = ~std::uint32_t{0};
@@ -103,6 +104,9 @@ public:
   [[gnu::noinline]] static void on_cqe(operation* op) noexcept;
   friend void on_receiver_cqe(operation* op) noexcept;
   static void on_abandon(operation* op) noexcept;
+  // rc's data filled a whole buffer in one piece: it is a bulk stream, and
+  // its receive (still going on if more) is re-armed with bundles.
+  void note_full_buffer(pool_receiver* rc, bool more) noexcept;
   static void on_close(operation* op) noexcept;
 
   // Hands what the receiver has (a chunk, the end) to the first waiting
@@ -211,12 +215,11 @@ pool_state::pool_state(ring& r, std::size_t count, std::size_t size, const buffe
       meta_[bid].slot = static_cast<std::uint16_t>(bid);
     }
     io_uring_buf_ring_advance(br_, static_cast<int>(count_));
-    // Probed by trying: a kernel without bundles (and the epoll backend)
-    // refuses the first bundled receive with EINVAL, and the pool asks no
-    // more (on_cqe). Any kernel that has multishot receive (6.0) checks the
-    // flag. (IORING_FEAT_RECVSEND_BUNDLE would tell beforehand, but then the
-    // fallback would never run where it is tested.)
-    bundle_ = o.bundle;
+    // Where the kernel says it has them (IORING_FEAT_RECVSEND_BUNDLE,
+    // 6.10; never on the epoll backend, which reports no io_uring
+    // features). A kernel that refuses one anyway (EINVAL) makes the pool
+    // ask no more (on_cqe).
+    bundle_ = o.bundle && (r.features().kernel_features & feat_recvsend_bundle) != 0;
 
     // Group ids are per ring, and the ring knows which are taken: the first
     // one it accepts is ours.
@@ -310,9 +313,14 @@ void pool_state::arm_recv(pool_receiver* rc) {
   io_uring_prep_recv_multishot(sqe, rc->object->fd, nullptr, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = bgid_;
-  if (bundle_)
+  // Bundles for bulk streams only: a bundled receive costs the kernel more
+  // per completion (io_ring_buffers_peek and an iovec instead of one
+  // buffer), which a completion of one small message does not win back.
+  const bool bundled = bundle_ && rc->bulk;
+  if (bundled)
     sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-  rc->bundled = bundle_;
+  rc->bundled = bundled;
+  rc->upgrading = false;
   r_->arm(sqe, rc);
   rc->in_kernel = pool_receiver::request::recv;
   if (!rc->counted) {
@@ -351,6 +359,19 @@ void pool_state::uncount(pool_receiver* rc) noexcept {
   if (rc->counted) {
     rc->counted = false;
     r_->count_internal(-1);
+  }
+}
+
+void pool_state::note_full_buffer(pool_receiver* rc, bool more) noexcept {
+  if (!bundle_ || rc->bulk)
+    return;
+  rc->bulk = true;
+  if (more && rc->in_kernel == pool_receiver::request::recv && !rc->upgrading) {
+    // A multishot request keeps its flags: it ends (ECANCELED, after what
+    // it has already received, in order) and on_cqe arms a bundled one. One
+    // cancel per stream that turns bulk.
+    rc->upgrading = true;
+    r_->cancel(rc);
   }
 }
 
@@ -634,6 +655,8 @@ void pool_state::on_cqe(operation* op) noexcept {
     if (flags & IORING_CQE_F_BUFFER) {
       const auto bid = flags >> IORING_CQE_BUFFER_SHIFT;
       if (res > 0) {
+        if (!closed && rc->end == 0 && !rc->bundled && static_cast<std::uint32_t>(res) == p.size_)
+          p.note_full_buffer(rc, more);
         if (!p.consume(rc, bid, static_cast<std::uint32_t>(res), !closed && rc->end == 0,
                        (flags & IORING_CQE_F_BUF_MORE) != 0)) {
           // Out of chunk records (max_queued_chunks): a clear error after
@@ -663,6 +686,8 @@ void pool_state::on_cqe(operation* op) noexcept {
           rc->end = -ECANCELED;
         else if (!more)
           p.try_arm(rc, false);
+      } else if (res == -ECANCELED && rc->upgrading && !more && !p.stopped_) {
+        p.try_arm(rc, true); // the cancel note_full_buffer asked for: now bundled
       } else if (res < 0) {
         rc->end = res;
       } else if (!more) {
@@ -723,6 +748,8 @@ void on_receiver_cqe(operation* op) noexcept {
       a->cancel_fn = nullptr;
       if (a->scope != nullptr)
         a->scope->clear_current(a);
+      if (n == p.size_ && !rc->bulk) [[unlikely]]
+        p.note_full_buffer(rc, true);
       a->waiter.resume(); // last: the coroutine may close the stream (and free rc)
       return;
     }

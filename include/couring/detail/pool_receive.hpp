@@ -39,6 +39,10 @@ struct pool_receiver : operation {
   bool woken = false;   // re-armed from the hungry list, no CQE yet
   bool counted = false; // its request counts as background work (count_internal)
   bool bundled = false; // its receive asked for bundles
+  // Its data filled a whole buffer in one piece (bulk): its receives ask
+  // for bundles from then on (small messages never fill one).
+  bool bulk = false;
+  bool upgrading = false; // its receive is being cancelled to ask for bundles
 };
 
 // The receiver's on_complete (and how a receiver is told from other records).
