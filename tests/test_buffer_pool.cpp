@@ -965,3 +965,130 @@ TEST_CASE("a pool of 8,192 buffers: its chunk records cost memory only when chun
   CHECK(pool.available() == 8192);
   CHECK(wide.available() == 64);
 }
+
+TEST_CASE("bundles for bulk streams only: small messages keep a plain receive, a stream that "
+          "fills whole buffers is re-armed once with bundles, in order") {
+  io_context ctx;
+  buffer_pool pool(ctx, 64, 1024);
+  const bool uring = !on_epoll(ctx);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    // Small messages: one completion each, and no request but the sends
+    // (no cancel, no re-arm): the receive stays the plain one.
+    require_ok(co_await p.client.write_all(bytes("first")));
+    auto first = co_await p.server.receive(pool);
+    REQUIRE(first);
+    first->release();
+    std::uint32_t sqes = ctx.sqe_count();
+    std::size_t small = 0;
+    for (int i = 0; i < 50; ++i) {
+      require_ok(co_await p.client.write_all(std::string(100, 's')));
+      // (A message that meets a buffer's end comes in two pieces, the
+      // second with the next message: count bytes.)
+      while (small < static_cast<std::size_t>(100 * (i + 1))) {
+        auto l = co_await p.server.receive(pool);
+        REQUIRE(l);
+        small += l->size();
+      }
+    }
+    CHECK(small == 5000);
+    CHECK(static_cast<std::uint32_t>(ctx.sqe_count() - sqes) == 50);
+    CHECK(pool.stats().pieces == pool.stats().completions);
+    // Bulk: 256 KiB, checked byte by byte while it streams in. Its first
+    // whole buffer re-arms the receive with bundles (one cancel and one
+    // receive more than the sends), and the bytes stay in order across it.
+    constexpr std::size_t total = 256 * 1024;
+    const auto data = pattern(11, total);
+    sqes = ctx.sqe_count();
+    const auto before = pool.stats();
+    auto sender = [&]() -> task<void> {
+      for (std::size_t at = 0; at < total; at += 16 * 1024) {
+        require_ok(co_await p.client.write_all(std::span(data).subspan(at, 16 * 1024)));
+        (void)co_await couring::sleep_for(ctx, 1ms);
+      }
+    };
+    ctx.spawn(sender());
+    std::size_t at = 0;
+    bool ok = true;
+    while (at < total) {
+      auto l = co_await couring::with_timeout(p.server.receive(pool), scaled(5s));
+      if (!l)
+        FAIL("receive at " << at << ": " << l.error().message());
+      REQUIRE(!l->empty());
+      for (std::byte b : l->data())
+        ok = ok && b == pattern_byte(11, at++);
+    }
+    CHECK(ok);
+    const auto after = pool.stats();
+    const std::uint32_t extra = static_cast<std::uint32_t>(ctx.sqe_count() - sqes);
+    if (uring) {
+      CHECK(pool.bundled());
+      // The sends (16 writes, each one request or a few), one cancel, one re-arm.
+      CHECK(after.pieces - before.pieces > after.completions - before.completions);
+      CHECK(extra >= 16 + 2);
+    } else {
+      CHECK(!pool.bundled());
+      CHECK(after.pieces - before.pieces == after.completions - before.completions);
+    }
+    // Small messages after the bulk: still in order, still one lease each.
+    require_ok(co_await p.client.write_all(bytes("tail")));
+    auto tail = co_await couring::with_timeout(p.server.receive(pool), scaled(5s));
+    REQUIRE(tail);
+    CHECK(text(tail->data()) == "tail");
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 64);
+}
+
+TEST_CASE("a stream closed, or its pool destroyed, while its receive is re-armed for bundles") {
+  const bool destroy_pool = GENERATE(false, true);
+  CAPTURE(destroy_pool);
+  io_context ctx;
+  std::optional<buffer_pool> pool;
+  pool.emplace(ctx, 16, 512);
+  auto listener = loopback_listener(ctx);
+  const auto fds_before = open_fd_count();
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("x")));
+    auto first = co_await p.server.receive(*pool);
+    REQUIRE(first);
+    first->release();
+    // A whole buffer arrives while a receive waits: the upgrade's cancel
+    // goes out with the next submission; close (or stop) before it is done.
+    auto waiter = [&]() -> task<result<buffer_lease>> {
+      co_return co_await p.server.receive(*pool);
+    };
+    std::optional<result<buffer_lease>> got;
+    auto keeper = [&, t = waiter()]() mutable -> task<void> {
+      got.emplace(co_await std::move(t));
+    };
+    ctx.spawn(keeper());
+    require_ok(co_await p.client.write_all(std::string(2048, 'b')));
+    (void)co_await couring::sleep_for(ctx, 1ms);
+    REQUIRE(got.has_value());
+    require_ok(*got);
+    if (destroy_pool)
+      pool.reset();
+    else
+      p.server.close();
+    // Whatever was queued is taken (or dropped), then the stream ends.
+    for (int i = 0; i < 8; ++i) {
+      if (destroy_pool)
+        break;
+      auto r = co_await p.server.receive(*pool);
+      if (!r) {
+        CHECK(is(r.error(), std::errc::operation_canceled));
+        break;
+      }
+    }
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    got.reset(); // the lease goes back (to a stopped pool: its memory is freed)
+    p.server.close();
+  };
+  ctx.run(body());
+  CHECK(open_fd_count() == fds_before);
+  if (pool)
+    CHECK(pool->available() == 16);
+}
