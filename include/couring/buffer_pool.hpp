@@ -19,11 +19,14 @@
 //
 // Bundled receives (IORING_RECVSEND_BUNDLE, kernel 6.10): one completion
 // covers several consecutive buffers of the ring; they arrive as
-// consecutive leases, in order.
+// consecutive leases, in order. Only for bulk streams: a stream's receive
+// asks for bundles once its data has filled a whole buffer in one piece
+// (re-armed once); a stream of small messages keeps a plain receive, which
+// costs the kernel less per completion.
 //
 // Both are used where the kernel has them and fall back by themselves
-// otherwise (and on the epoll backend, which refuses them as an older
-// kernel would); buffer_pool_options turns them off.
+// otherwise (and on the epoll backend, which has neither);
+// buffer_pool_options turns them off.
 //
 // Lifetime: a lease may outlive the stream it came from (even a closed one)
 // and the pool object itself. Destroying the pool stops it: the kernel gets
@@ -98,7 +101,8 @@ private:
 struct buffer_pool_options {
   // IOU_PBUF_RING_INC where the kernel has it (incremental() says whether).
   bool incremental = true;
-  // IORING_RECVSEND_BUNDLE where the kernel has it (bundled() says whether).
+  // IORING_RECVSEND_BUNDLE where the kernel has it (bundled() says whether),
+  // for the streams whose data fills whole buffers.
   bool bundle = true;
   // With incremental consumption a buffer holds many chunks, so chunks that
   // arrived while nobody waited are queued in records of their own: at most
@@ -141,9 +145,9 @@ public:
   // Buffers the kernel can pick right now (the others are leased or queued;
   // with incremental consumption, a buffer partly filled still counts).
   std::size_t available() const noexcept;
-  // Whether the kernel consumes buffers incrementally / bundles receives
-  // (asked for, and supported: bundled() turns false if the first bundled
-  // receive is refused).
+  // Whether the kernel consumes buffers incrementally / bundles the
+  // receives of bulk streams (asked for, and supported: bundled() turns
+  // false if a bundled receive is refused all the same).
   bool incremental() const noexcept;
   bool bundled() const noexcept;
   buffer_pool_stats stats() const noexcept;
