@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include <couring/detail/io_awaitable.hpp>
+#include <couring/detail/splice_pipe.hpp>
 #include <couring/file.hpp>
 #include <couring/result.hpp>
 #include <couring/stream.hpp>
@@ -50,7 +51,6 @@ public:
   // Only before it is awaited (like every awaitable).
   send_file_awaitable(send_file_awaitable&& o) noexcept;
   send_file_awaitable& operator=(send_file_awaitable&&) = delete;
-  ~send_file_awaitable();
 
   bool await_ready() const noexcept { return count_ == 0; }
   template <class Promise>
@@ -84,9 +84,7 @@ private:
   detail::object_state* file_state_ = nullptr;
   std::uint32_t file_generation_ = 0;
   bool file_opened_ = false; // in was opened once (closed: canceled, never: EBADF)
-  int pipe_[2] = {-1, -1};
-  int pipe_error_ = 0; // errno of making the pipe, if that failed
-  std::size_t pipe_size_ = 0;
+  detail::splice_pipe pipe_;
   std::uint64_t offset_ = 0; // next byte of the file to splice
   std::size_t count_ = 0;
   std::size_t remaining_ = 0; // bytes not yet spliced out of the file
