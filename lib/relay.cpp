@@ -27,8 +27,8 @@ relay_awaitable::relay_awaitable(stream& from, stream& to, std::size_t max_bytes
 
 relay_awaitable::relay_awaitable(relay_awaitable&& o) noexcept
     : base(std::move(o)), from_ring_(o.from_ring_), from_state_(o.from_state_),
-      from_generation_(o.from_generation_), from_opened_(o.from_opened_),
-      pipe_(std::move(o.pipe_)), chunk_(o.chunk_), max_(o.max_) {
+      from_generation_(o.from_generation_), from_opened_(o.from_opened_), pipe_(std::move(o.pipe_)),
+      chunk_(o.chunk_), max_(o.max_) {
   this->res = 0;
 }
 
@@ -47,18 +47,15 @@ bool relay_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel_sco
       throw std::invalid_argument(
           "couring: relay between streams of different io_contexts (splices of one relay are "
           "requests of one ring)");
-    const char* failure = nullptr;
-    if (from_state_ == nullptr) {
-      this->res = from_opened_ ? -ECANCELED : -EBADF;
-      failure = "";
-    } else if (from_state_->closed || from_state_->generation != from_generation_) {
-      this->res = -ECANCELED;
-      failure = "";
-    } else if (pipe_.error() != 0) {
-      this->res = -pipe_.error();
-      failure = "";
-    }
-    if (failure != nullptr) {
+    int failure = 0;
+    if (from_state_ == nullptr)
+      failure = from_opened_ ? ECANCELED : EBADF;
+    else if (from_state_->closed || from_state_->generation != from_generation_)
+      failure = ECANCELED;
+    else
+      failure = pipe_.error();
+    if (failure != 0) {
+      this->res = -failure;
       this->side = nullptr;
       return false;
     }
@@ -311,10 +308,9 @@ void relay_awaitable::stop(int res) noexcept {
 void relay_awaitable::cancel_in_flight() noexcept {
   // By user_data: a splice's sqe->fd is the pipe for the fill, so the
   // close's cancel by descriptor does not reach it.
-  for (detail::operation* op : {static_cast<detail::operation*>(&poll_in_),
-                                static_cast<detail::operation*>(&fill_),
-                                static_cast<detail::operation*>(&poll_out_),
-                                static_cast<detail::operation*>(this)})
+  for (detail::operation* op :
+       {static_cast<detail::operation*>(&poll_in_), static_cast<detail::operation*>(&fill_),
+        static_cast<detail::operation*>(&poll_out_), static_cast<detail::operation*>(this)})
     if (op->outstanding > 0)
       this->owner_ring->cancel(op);
 }
@@ -323,8 +319,7 @@ void relay_awaitable::release_closed_sides() noexcept {
   // A closed object's record is recycled once nothing of it is in flight,
   // which may be before the relay ends: give its side back now (the close
   // already ended everything waiting there).
-  if (holds_reader_ &&
-      (from_state_->closed || from_state_->generation != from_generation_)) {
+  if (holds_reader_ && (from_state_->closed || from_state_->generation != from_generation_)) {
     holds_reader_ = false;
     this->owner_ring->pass_side(&reader_);
   }

@@ -28,8 +28,8 @@ send_file_awaitable::send_file_awaitable(stream& out, const file& in, std::uint6
 
 send_file_awaitable::send_file_awaitable(send_file_awaitable&& o) noexcept
     : base(std::move(o)), file_state_(o.file_state_), file_generation_(o.file_generation_),
-      file_opened_(o.file_opened_), pipe_(std::move(o.pipe_)), offset_(o.offset_),
-      count_(o.count_), remaining_(o.remaining_) {
+      file_opened_(o.file_opened_), pipe_(std::move(o.pipe_)), offset_(o.offset_), count_(o.count_),
+      remaining_(o.remaining_) {
   this->res = 0;
 }
 

@@ -89,6 +89,24 @@ std::size_t size_arg(std::size_t total) {
   return test_support::time_scale() > 1 ? total / 4 : total;
 }
 
+// total pattern bytes written to `sender`, relayed from `from` to `to` (then
+// to's end passed on), read back from `receiver`: every byte checked.
+task<void> relay_and_check(stream& sender, stream& from, stream& to, stream& receiver,
+                           std::size_t total) {
+  auto relaying = [&]() -> task<result<std::size_t>> {
+    auto r = co_await relay(from, to);
+    (void)to.shutdown_write();
+    co_return r;
+  };
+  auto [sent, moved, got] =
+      co_await when_all(send_pattern(sender, total), relaying(), receive_pattern(receiver));
+  require_ok(sent);
+  require_ok(moved);
+  CHECK(*moved == total);
+  CHECK(got.bytes == total);
+  CHECK(got.wrong == 0);
+}
+
 } // namespace
 
 TEST_CASE("relay: 16 MiB from one connection to another, every byte checked, then from's end") {
@@ -98,18 +116,7 @@ TEST_CASE("relay: 16 MiB from one connection to another, every byte checked, the
   auto body = [&]() -> task<void> {
     auto a = co_await connect_pair(ctx, listener); // a.client -> a.server
     auto b = co_await connect_pair(ctx, listener); // b.server -> b.client
-    auto relaying = [&]() -> task<result<std::size_t>> {
-      auto r = co_await relay(a.server, b.server);
-      (void)b.server.shutdown_write(); // b.client sees the end too
-      co_return r;
-    };
-    auto [sent, moved, got] =
-        co_await when_all(send_pattern(a.client, total), relaying(), receive_pattern(b.client));
-    require_ok(sent);
-    require_ok(moved);
-    CHECK(*moved == total);
-    CHECK(got.bytes == total);
-    CHECK(got.wrong == 0);
+    co_await relay_and_check(a.client, a.server, b.server, b.client, total);
 
     // A source already at its end: 0 bytes, at once.
     auto c = co_await connect_pair(ctx, listener);
@@ -128,18 +135,7 @@ TEST_CASE("relay: echo on one stream, relay(s, s), every byte checked") {
   const std::size_t total = size_arg(16 * mib);
   auto body = [&]() -> task<void> {
     auto p = co_await connect_pair(ctx, listener);
-    auto echo = [&]() -> task<result<std::size_t>> {
-      auto r = co_await relay(p.server, p.server);
-      (void)p.server.shutdown_write();
-      co_return r;
-    };
-    auto [sent, moved, got] =
-        co_await when_all(send_pattern(p.client, total), echo(), receive_pattern(p.client));
-    require_ok(sent);
-    require_ok(moved);
-    CHECK(*moved == total);
-    CHECK(got.bytes == total);
-    CHECK(got.wrong == 0);
+    co_await relay_and_check(p.client, p.server, p.server, p.client, total);
   };
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
@@ -243,7 +239,8 @@ TEST_CASE("relay: the source's peer resets midway: ECONNRESET, the count so far"
       abort_on_close(a.client);
       a.client.close();
     };
-    auto all = co_await with_timeout(when_all(relaying(), source(), receive_pattern(b.client)), 30s);
+    auto all =
+        co_await with_timeout(when_all(relaying(), source(), receive_pattern(b.client)), 30s);
     require_ok(all);
     auto& [r, ignored, got] = *all;
     REQUIRE(!r);
@@ -434,19 +431,7 @@ TEST_CASE("relay: never opened, closed, non-blocking streams, other kinds of str
       int size = 16384;
       REQUIRE(::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size) == 0);
     }
-    const std::size_t total = 4 * mib;
-    auto relaying = [&]() -> task<result<std::size_t>> {
-      auto r = co_await relay(a.server, b.server);
-      (void)b.server.shutdown_write();
-      co_return r;
-    };
-    auto [sent, moved, got] =
-        co_await when_all(send_pattern(a.client, total), relaying(), receive_pattern(b.client));
-    require_ok(sent);
-    require_ok(moved);
-    CHECK(*moved == total);
-    CHECK(got.bytes == total);
-    CHECK(got.wrong == 0);
+    co_await relay_and_check(a.client, a.server, b.server, b.client, 4 * mib);
 
     // A pipe as the source, a unix stream pair as the destination.
     auto [in, out] = couring::pipe(ctx).value();

@@ -34,7 +34,6 @@
 #include <cstdint>
 #include <limits>
 
-#include <couring/detail/io_awaitable.hpp>
 #include <couring/detail/splice_pipe.hpp>
 #include <couring/result.hpp>
 #include <couring/stream.hpp>
@@ -53,12 +52,10 @@ struct relay_options {
   std::size_t chunk = 1024 * 1024;
 };
 
-class relay_awaitable : public detail::io_awaitable<relay_awaitable> {
-  using base = detail::io_awaitable<relay_awaitable>;
+class relay_awaitable : public detail::splice_transfer<relay_awaitable> {
+  using base = detail::splice_transfer<relay_awaitable>;
 
 public:
-  static constexpr bool single_request = false;
-
   relay_awaitable(stream& from, stream& to, std::size_t max_bytes,
                   const relay_options& options) noexcept;
   // Only before it is awaited (like every awaitable).
@@ -67,15 +64,10 @@ public:
   ~relay_awaitable();
 
   bool await_ready() const noexcept { return max_ == 0; }
-  template <class Promise>
-  bool await_suspend(std::coroutine_handle<Promise> awaiting) {
-    return start(awaiting, detail::scope_of(awaiting));
-  }
+  // Checks from and the pipe, then io_awaitable's start.
   bool start(std::coroutine_handle<> awaiting, detail::cancel_scope* s);
+  // Bytes relayed (transferred(): how far a failed relay got).
   result<std::size_t> await_resume() const noexcept;
-
-  // Bytes `to` has taken so far.
-  std::size_t transferred() const noexcept { return sent_; }
 
   // For io_awaitable: starts once to's write side is ours.
   static void issue(detail::operation* op);
@@ -98,9 +90,7 @@ private:
   void stop(int res) noexcept;
   void cancel_in_flight() noexcept;
   void release_closed_sides() noexcept;
-  bool idle() const noexcept {
-    return fill_parts_ == 0 && drain_parts_ == 0;
-  }
+  bool idle() const noexcept { return fill_parts_ == 0 && drain_parts_ == 0; }
   void conclude() noexcept;
   void conclude_later() noexcept;
   static void main_done(detail::operation* op) noexcept;
@@ -122,21 +112,20 @@ private:
   detail::splice_pipe pipe_;
   std::size_t chunk_ = 0;
   std::size_t max_ = 0;
-  std::size_t filled_ = 0;  // spliced into the pipe so far
-  std::size_t sent_ = 0;    // spliced out of it into to
+  std::size_t filled_ = 0;  // spliced into the pipe so far (sent_: out of it into to)
   std::size_t in_pipe_ = 0; // filled_ - sent_
   std::size_t drain_len_ = 0;
   int poll_in_res_ = 0;
   int fill_res_ = 0;
   int poll_out_res_ = 0;
   int drain_res_ = 0;
-  int error_ = 0;           // the first error (negative errno) once stopping
-  int fill_parts_ = 0;      // CQEs of the fill round still to come
-  int drain_parts_ = 0;     // CQEs of the drain round still to come
-  bool running_ = false;    // begin() ran: the result comes from the loops
+  int error_ = 0;        // the first error (negative errno) once stopping
+  int fill_parts_ = 0;   // CQEs of the fill round still to come
+  int drain_parts_ = 0;  // CQEs of the drain round still to come
+  bool running_ = false; // begin() ran: the result comes from the loops
   bool holds_reader_ = false;
-  bool from_ended_ = false; // from reached its end
-  bool fill_blocked_ = false; // the pipe had no slot left: wait for a drain
+  bool from_ended_ = false;    // from reached its end
+  bool fill_blocked_ = false;  // the pipe had no slot left: wait for a drain
   bool wait_writable_ = false; // the next drain round polls for POLLOUT first
   bool drain_polled_ = false;  // the current drain round began with that poll
   bool stopping_ = false;

@@ -24,8 +24,7 @@ splice_pipe::splice_pipe(std::size_t wanted) noexcept {
   size_ = size > 0 ? static_cast<std::size_t>(size) : 65536;
 }
 
-splice_pipe::splice_pipe(splice_pipe&& o) noexcept
-    : error_(o.error_), size_(o.size_) {
+splice_pipe::splice_pipe(splice_pipe&& o) noexcept : error_(o.error_), size_(o.size_) {
   fds_[0] = std::exchange(o.fds_[0], -1);
   fds_[1] = std::exchange(o.fds_[1], -1);
 }

@@ -9,10 +9,12 @@
 // when the awaitable goes away, so that what a failed transfer leaves in it
 // can never leak into the next one. Two descriptors per transfer in flight.
 
+#include <coroutine>
 #include <cstddef>
 
 #include <liburing.h>
 
+#include <couring/detail/io_awaitable.hpp>
 #include <couring/detail/ring.hpp>
 
 namespace couring::detail {
@@ -69,5 +71,27 @@ inline void prep_splice_in(io_uring_sqe* sqe, const object_state* from, const sp
                            std::size_t len, unsigned flags) noexcept {
   io_uring_prep_splice(sqe, from->fd, -1, p.write_end(), -1, splice_length(len), flags);
 }
+
+// The awaitable shape of a splice transfer: a compound operation (it re-arms
+// from its completions) whose Derived::start checks the other descriptors
+// before io_awaitable's start, and which counts what its destination took.
+template <class Derived>
+class splice_transfer : public io_awaitable<Derived> {
+public:
+  static constexpr bool single_request = false;
+  using io_awaitable<Derived>::io_awaitable;
+
+  template <class Promise>
+  bool await_suspend(std::coroutine_handle<Promise> awaiting) {
+    return static_cast<Derived*>(this)->start(awaiting, scope_of(awaiting));
+  }
+
+  // Bytes the destination has taken so far (also after a failure: keep the
+  // awaitable in a variable to ask).
+  std::size_t transferred() const noexcept { return sent_; }
+
+protected:
+  std::size_t sent_ = 0;
+};
 
 } // namespace couring::detail
