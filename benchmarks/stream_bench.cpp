@@ -26,7 +26,8 @@
 //   couring-epoll  couring on its epoll backend (read -> write_all)
 //   couring-relay  couring, co_await relay(s, s) then shutdown_write: the
 //                  bytes go socket -> pipe -> socket by IORING_OP_SPLICE and
-//                  never reach user space; pipe and splice size = --buffer
+//                  never reach user space; splices of --buffer bytes, a
+//                  pipe of twice that
 // Only when named with --servers (slow over loopback: see kExtraServers):
 //   couring-zc     couring with io_context_options::zero_copy_threshold =
 //                  16 KiB (write_all sends with IORING_OP_SEND_ZC)
@@ -423,7 +424,9 @@ couring::task<int> couring_echo_pool(couring::stream& s, couring::buffer_pool& p
 // end of stream, then the end passed on.
 couring::task<int> couring_echo_relay(couring::stream& s, std::size_t size) {
   couring::relay_options o;
-  o.pipe_size = size;
+  // Splices of --buffer bytes, a pipe of two: the next fill overlaps the
+  // drain of the last, as two buffers in lock step do (couring2, uring2).
+  o.pipe_size = 2 * size;
   o.chunk = size;
   auto n = co_await couring::relay(s, s, std::numeric_limits<std::size_t>::max(), o);
   if (!n)
@@ -499,15 +502,13 @@ int serve(std::string_view name, int fd, std::size_t size) {
 }
 
 // Run by default, in this order (interleaved: every server once per run).
-const char* const kServers[] = {"blocking",     "epoll",         "uring",
-                                "uring2",       "couring",       "couring2",
-                                "couring-pool", "couring-fixed", "couring-epoll",
-                                "couring-relay"};
+const char* const kServers[] = {"blocking",      "epoll",        "uring",        "uring2",
+                                "couring",       "couring2",     "couring-pool", "couring-fixed",
+                                "couring-epoll", "couring-relay"};
 // Only with --servers: the zero-copy sends are 3 to 8 times slower over loopback
 // (README, "One connection"), and would dominate the run time.
-const char* const kExtraServers[] = {"couring-zc",          "uring-fixed",
-                                     "couring-relay-nb",    "couring-relay-epoll",
-                                     "faulty-corrupt",      "faulty-short"};
+const char* const kExtraServers[] = {"couring-zc",          "uring-fixed",    "couring-relay-nb",
+                                     "couring-relay-epoll", "faulty-corrupt", "faulty-short"};
 
 // --- the client ---------------------------------------------------------------
 
