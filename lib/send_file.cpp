@@ -137,6 +137,13 @@ void send_file_awaitable::fill_done(detail::operation* op) noexcept {
 
 void send_file_awaitable::main_done(detail::operation* op) noexcept {
   auto* self = static_cast<send_file_awaitable*>(op);
+  if (self->parts_ == 0) {
+    // Nothing was issued: it was ended while waiting in line for out's write
+    // side (a close, a cancel), and res says so. Counting it as a part would
+    // never resume the coroutine.
+    self->owner_ring->finish(self);
+    return;
+  }
   self->main_res_ = op->res;
   self->part_done();
 }
