@@ -484,3 +484,39 @@ TEST_CASE("relay: streams of two io_contexts are refused (std::invalid_argument)
   ctx.run(body());
   CHECK(threw);
 }
+
+TEST_CASE("relay: an echo on a direct descriptor (io_uring's file table), every byte checked") {
+  io_context ctx;
+  listen_options o;
+  o.direct_descriptors = true; // ignored on the epoll backend: plain descriptors there
+  auto listener = loopback_listener(ctx, o);
+  const std::size_t total = 4 * mib;
+  auto body = [&]() -> task<void> {
+    auto client = co_await tcp_stream::connect(ctx, listener.local_endpoint());
+    require_ok(client);
+    auto server = co_await listener.accept();
+    require_ok(server);
+    CHECK(server->is_direct() == (ctx.features().backend == backend::io_uring));
+    // shutdown_write needs a real descriptor: max_bytes ends this echo.
+    auto echo = [&]() -> task<result<std::size_t>> {
+      co_return co_await relay(*server, *server, total);
+    };
+    auto check = [&]() -> task<std::size_t> {
+      std::vector<std::byte> buf(total);
+      auto n = co_await client->read_exactly(buf);
+      require_ok(n);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < total; ++i)
+        wrong += buf[i] != pattern_at(i);
+      co_return wrong;
+    };
+    auto [sent, moved, wrong] =
+        co_await when_all(send_pattern(*client, total, false), echo(), check());
+    require_ok(sent);
+    require_ok(moved);
+    CHECK(*moved == total);
+    CHECK(wrong == 0);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
