@@ -24,9 +24,16 @@
 //                  pool of 4 buffers of --buffer bytes, one multishot receive
 //   couring-fixed  couring, read_fixed -> write_fixed (registered buffers)
 //   couring-epoll  couring on its epoll backend (read -> write_all)
+//   couring-relay  couring, co_await relay(s, s) then shutdown_write: the
+//                  bytes go socket -> pipe -> socket by IORING_OP_SPLICE and
+//                  never reach user space; splices of --buffer bytes, a
+//                  pipe of twice that
 // Only when named with --servers (slow over loopback: see kExtraServers):
 //   couring-zc     couring with io_context_options::zero_copy_threshold =
 //                  16 KiB (write_all sends with IORING_OP_SEND_ZC)
+//   couring-relay-nb     couring-relay on a non-blocking socket (short
+//                  splices wait with polls instead of in io-wq workers)
+//   couring-relay-epoll  couring-relay on the epoll backend (plain splice(2))
 //   uring-fixed    raw liburing, one registered buffer: READ_FIXED, then
 //                  SEND_ZC with IORING_RECVSEND_FIXED_BUF (does a registered
 //                  send pay? plain SEND refuses the flag)
@@ -50,6 +57,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <string_view>
@@ -412,9 +420,23 @@ couring::task<int> couring_echo_pool(couring::stream& s, couring::buffer_pool& p
   }
 }
 
+// The whole echo is one relay: from the socket to itself, until the client's
+// end of stream, then the end passed on.
+couring::task<int> couring_echo_relay(couring::stream& s, std::size_t size) {
+  couring::relay_options o;
+  // Splices of --buffer bytes, a pipe of two: the next fill overlaps the
+  // drain of the last, as two buffers in lock step do (couring2, uring2).
+  o.pipe_size = 2 * size;
+  o.chunk = size;
+  auto n = co_await couring::relay(s, s, std::numeric_limits<std::size_t>::max(), o);
+  if (!n)
+    co_return 1;
+  co_return s.shutdown_write() ? 0 : 1;
+}
+
 int serve_couring(int fd, std::size_t size, std::string_view variant) {
   couring::io_context_options o;
-  if (variant == "couring-epoll")
+  if (variant == "couring-epoll" || variant == "couring-relay-epoll")
     o.backend = couring::backend::epoll;
   if (variant == "couring-zc")
     o.zero_copy_threshold = 16 * 1024; // every send of this benchmark is zero-copy
@@ -429,6 +451,11 @@ int serve_couring(int fd, std::size_t size, std::string_view variant) {
   if (variant == "couring-fixed") {
     couring::registered_buffers bufs(ctx, 1, size);
     return ctx.run(couring_echo_fixed(s, bufs));
+  }
+  if (variant.starts_with("couring-relay")) {
+    if (variant == "couring-relay-nb" && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)
+      return 1;
+    return ctx.run(couring_echo_relay(s, size));
   }
   return ctx.run(couring_echo(s, size));
 }
@@ -475,12 +502,13 @@ int serve(std::string_view name, int fd, std::size_t size) {
 }
 
 // Run by default, in this order (interleaved: every server once per run).
-const char* const kServers[] = {"blocking",     "epoll",         "uring",
-                                "uring2",       "couring",       "couring2",
-                                "couring-pool", "couring-fixed", "couring-epoll"};
+const char* const kServers[] = {"blocking",      "epoll",        "uring",        "uring2",
+                                "couring",       "couring2",     "couring-pool", "couring-fixed",
+                                "couring-epoll", "couring-relay"};
 // Only with --servers: the zero-copy sends are 3 to 8 times slower over loopback
 // (README, "One connection"), and would dominate the run time.
-const char* const kExtraServers[] = {"couring-zc", "uring-fixed", "faulty-corrupt", "faulty-short"};
+const char* const kExtraServers[] = {"couring-zc",          "uring-fixed",    "couring-relay-nb",
+                                     "couring-relay-epoll", "faulty-corrupt", "faulty-short"};
 
 // --- the client ---------------------------------------------------------------
 

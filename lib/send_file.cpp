@@ -4,9 +4,7 @@
 #include <cerrno>
 #include <utility>
 
-#include <fcntl.h>
 #include <poll.h>
-#include <unistd.h>
 
 namespace couring {
 
@@ -21,40 +19,18 @@ send_file_awaitable::send_file_awaitable(stream& out, const file& in, std::uint6
            out.handle().state() != nullptr ? &out.handle().state()->write_side : nullptr),
       file_state_(in.handle().state()),
       file_generation_(file_state_ != nullptr ? file_state_->generation : 0),
-      file_opened_(in.handle().ring_ptr() != nullptr), offset_(offset), count_(count),
-      remaining_(count) {
+      file_opened_(in.handle().ring_ptr() != nullptr),
+      pipe_(count != 0 ? detail::splice_pipe(wanted_pipe_size) : detail::splice_pipe()),
+      offset_(offset), count_(count), remaining_(count) {
   this->on_complete = &main_done;
   this->res = 0;
-  if (count == 0)
-    return;
-  if (::pipe2(pipe_, O_CLOEXEC) != 0) {
-    pipe_error_ = errno;
-    pipe_[0] = pipe_[1] = -1;
-    return;
-  }
-  // A splice into a socket may raise SIGPIPE when the peer is gone.
-  detail::ignore_default_sigpipe();
-  int size = ::fcntl(pipe_[1], F_SETPIPE_SZ, wanted_pipe_size);
-  if (size < 0)
-    size = ::fcntl(pipe_[1], F_GETPIPE_SZ);
-  pipe_size_ = size > 0 ? static_cast<std::size_t>(size) : 65536;
 }
 
 send_file_awaitable::send_file_awaitable(send_file_awaitable&& o) noexcept
     : base(std::move(o)), file_state_(o.file_state_), file_generation_(o.file_generation_),
-      file_opened_(o.file_opened_), pipe_error_(o.pipe_error_), pipe_size_(o.pipe_size_),
-      offset_(o.offset_), count_(o.count_), remaining_(o.remaining_) {
+      file_opened_(o.file_opened_), pipe_(std::move(o.pipe_)), offset_(o.offset_), count_(o.count_),
+      remaining_(o.remaining_) {
   this->res = 0;
-  pipe_[0] = std::exchange(o.pipe_[0], -1);
-  pipe_[1] = std::exchange(o.pipe_[1], -1);
-}
-
-send_file_awaitable::~send_file_awaitable() {
-  // Nothing of ours is in flight any more: the frame is never destroyed
-  // before the last CQE has been reaped.
-  for (int fd : pipe_)
-    if (fd >= 0)
-      ::close(fd);
 }
 
 bool send_file_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel_scope* s) {
@@ -71,8 +47,8 @@ bool send_file_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel
       this->side = nullptr;
       return false;
     }
-    if (pipe_error_ != 0) {
-      this->res = -pipe_error_;
+    if (pipe_.error() != 0) {
+      this->res = -pipe_.error();
       this->side = nullptr;
       return false;
     }
@@ -94,8 +70,7 @@ void send_file_awaitable::issue(detail::operation* op) {
 
 void send_file_awaitable::prepare(io_uring_sqe* sqe) noexcept {
   // Pipe to socket: what the pipe holds (a short fill leaves less than chunk_).
-  io_uring_prep_splice(sqe, pipe_[0], -1, this->object->fd, -1,
-                       static_cast<unsigned>(paired_ ? chunk_ : in_pipe_), 0);
+  detail::prep_splice_out(sqe, pipe_, this->object, paired_ ? chunk_ : in_pipe_, 0);
 }
 
 void send_file_awaitable::issue_next() {
@@ -126,7 +101,7 @@ void send_file_awaitable::issue_next() {
   // fill breaks the link (the second ends with ECANCELED) and the next round
   // drains what did arrive.
   r.reserve_sqes(2);
-  chunk_ = std::min(remaining_, pipe_size_);
+  chunk_ = std::min(remaining_, pipe_.size());
   paired_ = true;
   parts_ = 2;
   fill_.owner = this;
@@ -134,8 +109,8 @@ void send_file_awaitable::issue_next() {
   fill_.object = file_state_;
   fill_.on_complete = &fill_done;
   io_uring_sqe* a = r.get_sqe();
-  io_uring_prep_splice(a, file_state_->fd, static_cast<std::int64_t>(offset_), pipe_[1], -1,
-                       static_cast<unsigned>(chunk_), 0);
+  io_uring_prep_splice(a, file_state_->fd, static_cast<std::int64_t>(offset_), pipe_.write_end(),
+                       -1, detail::splice_length(chunk_), 0);
   a->flags |= IOSQE_IO_LINK;
   r.arm(a, &fill_);
   io_uring_sqe* b = r.get_sqe();
@@ -162,6 +137,13 @@ void send_file_awaitable::fill_done(detail::operation* op) noexcept {
 
 void send_file_awaitable::main_done(detail::operation* op) noexcept {
   auto* self = static_cast<send_file_awaitable*>(op);
+  if (self->parts_ == 0) {
+    // Nothing was issued: it was ended while waiting in line for out's write
+    // side (a close, a cancel), and res says so. Counting it as a part would
+    // never resume the coroutine.
+    self->owner_ring->finish(self);
+    return;
+  }
   self->main_res_ = op->res;
   self->part_done();
 }

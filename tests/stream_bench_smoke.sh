@@ -17,9 +17,10 @@ for buffer in 64K 256K; do
   fi
 done
 
-# The zero-copy variants, run only on request (one size: they are slow).
-if ! timeout --kill-after=5 150 "$bench" --quick --servers couring-zc,uring-fixed; then
-  echo "FAIL: stream_bench --quick --servers couring-zc,uring-fixed" >&2
+# The variants run only on request: zero-copy (one size: they are slow), and
+# relay on a non-blocking socket and on the epoll backend.
+if ! timeout --kill-after=5 150 "$bench" --quick --servers couring-zc,uring-fixed,couring-relay-nb,couring-relay-epoll; then
+  echo "FAIL: stream_bench --quick --servers couring-zc,uring-fixed,couring-relay-nb,couring-relay-epoll" >&2
   status=1
 fi
 

@@ -411,3 +411,29 @@ TEST_CASE("fixed reads/writes and zero-copy sends allocate nothing per operation
   CHECK(fixed == 0);
   CHECK(zero_copy == 0);
 }
+
+TEST_CASE("relay: 1,000 relays of 64 bytes on one stream allocate nothing per relay") {
+  io_context ctx;
+  auto listener = test_support::loopback_listener(ctx);
+  std::size_t relays = 0;
+  int failures = 0;
+  auto body = [&]() -> task<void> {
+    auto pair = co_await test_support::connect_pair(ctx, listener);
+    std::byte out[64]{}, in[64];
+    // Each relay makes its pipe (two descriptors, no heap), relays exactly
+    // 64 bytes back to the client (max_bytes) and closes the pipe again.
+    COUNT_STEADY(relays, {
+      if (!co_await pair.client.write_all(out))
+        ++failures;
+      auto r = co_await couring::relay(pair.server, pair.server, sizeof out);
+      if (!r || *r != sizeof out)
+        ++failures;
+      if (!co_await pair.client.read_exactly(in))
+        ++failures;
+    });
+  };
+  ctx.run(body());
+  CHECK(failures == 0);
+  INFO("relay " << relays << " in " << iterations << " iterations");
+  CHECK(relays == 0);
+}

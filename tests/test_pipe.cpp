@@ -417,3 +417,39 @@ TEST_CASE("send_file on a non-blocking socket: short splices wait for room with 
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
 }
+
+TEST_CASE("send_file cancelled or closed while waiting in line behind another write ends "
+          "with operation_canceled (it used to hang)") {
+  temp_dir dir;
+  make_file(dir / "f", 1);
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto f = co_await file::open(ctx, dir / "f");
+    require_ok(f);
+    for (bool by_close : {false, true}) {
+      auto pair = co_await connect_pair(ctx, listener); // the client never reads
+      std::vector<std::byte> big(64 * piece);
+      // Holds the write side: the peer reads nothing, so it never ends.
+      auto blocker = [&]() -> task<void> {
+        (void)co_await pair.server.write_all(big);
+      };
+      auto queued = [&]() -> task<result<std::size_t>> {
+        if (by_close)
+          co_return co_await send_file(pair.server, *f, 0, piece);
+        co_return co_await with_timeout(send_file(pair.server, *f, 0, piece), 100ms);
+      };
+      auto closer = [&]() -> task<void> {
+        (void)co_await sleep_for(ctx, 200ms);
+        pair.server.close();
+      };
+      auto all = co_await with_timeout(when_all(blocker(), queued(), closer()), 10s);
+      require_ok(all); // not timed_out: the queued send_file did end
+      auto& [ignored, r, ignored2] = *all;
+      REQUIRE(!r);
+      CHECK(r.error() == (by_close ? std::errc::operation_canceled : std::errc::timed_out));
+    }
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}

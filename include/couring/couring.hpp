@@ -11,6 +11,7 @@
 #include <couring/nop.hpp>
 #include <couring/pipe.hpp>
 #include <couring/registered_buffers.hpp>
+#include <couring/relay.hpp>
 #include <couring/resolve.hpp>
 #include <couring/result.hpp>
 #include <couring/runtime.hpp>

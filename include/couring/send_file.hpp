@@ -33,35 +33,27 @@
 #include <cstdint>
 
 #include <couring/detail/io_awaitable.hpp>
+#include <couring/detail/splice_pipe.hpp>
 #include <couring/file.hpp>
 #include <couring/result.hpp>
 #include <couring/stream.hpp>
 
 namespace couring {
 
-class send_file_awaitable : public detail::io_awaitable<send_file_awaitable> {
-  using base = detail::io_awaitable<send_file_awaitable>;
+class send_file_awaitable : public detail::splice_transfer<send_file_awaitable> {
+  using base = detail::splice_transfer<send_file_awaitable>;
 
 public:
-  static constexpr bool single_request = false;
-
   send_file_awaitable(stream& out, const file& in, std::uint64_t offset,
                       std::size_t count) noexcept;
   // Only before it is awaited (like every awaitable).
   send_file_awaitable(send_file_awaitable&& o) noexcept;
   send_file_awaitable& operator=(send_file_awaitable&&) = delete;
-  ~send_file_awaitable();
 
   bool await_ready() const noexcept { return count_ == 0; }
-  template <class Promise>
-  bool await_suspend(std::coroutine_handle<Promise> awaiting) {
-    return start(awaiting, detail::scope_of(awaiting));
-  }
+  // Checks in and the pipe, then io_awaitable's start.
   bool start(std::coroutine_handle<> awaiting, detail::cancel_scope* s);
   result<std::size_t> await_resume() const noexcept;
-
-  // Bytes the socket has taken so far.
-  std::size_t transferred() const noexcept { return sent_; }
 
   // For io_awaitable: the first requests, and one pipe-to-socket splice.
   static void issue(detail::operation* op);
@@ -84,15 +76,12 @@ private:
   detail::object_state* file_state_ = nullptr;
   std::uint32_t file_generation_ = 0;
   bool file_opened_ = false; // in was opened once (closed: canceled, never: EBADF)
-  int pipe_[2] = {-1, -1};
-  int pipe_error_ = 0; // errno of making the pipe, if that failed
-  std::size_t pipe_size_ = 0;
+  detail::splice_pipe pipe_;
   std::uint64_t offset_ = 0; // next byte of the file to splice
   std::size_t count_ = 0;
   std::size_t remaining_ = 0; // bytes not yet spliced out of the file
   std::size_t in_pipe_ = 0;   // spliced into the pipe, not yet into the socket
-  std::size_t sent_ = 0;
-  std::size_t chunk_ = 0; // length of the current round's splices
+  std::size_t chunk_ = 0;     // length of the current round's splices
   int main_res_ = 0;
   int fill_res_ = 0;
   int parts_ = 0;       // CQEs of the current round still to come
