@@ -26,6 +26,9 @@ done
 for mode in reuseport handoff; do
   for batch in 1 8:20 64:1000; do
     echo "== --threads 2 --$mode --wait-batch $batch"
+    # A fresh file each time: the background shell truncates out only once
+    # it runs, and the last server's port read meanwhile is a dead one.
+    rm -f "$work/out"
     "$server" 0 --threads 2 --"$mode" --wait-batch "$batch" >"$work/out" 2>"$work/err" &
     pid=$!
     port=
