@@ -684,6 +684,29 @@ TEST_CASE("starvation mid-bundle: 4 small buffers, 256 KiB, every lease held a w
   CHECK(pool.available() == 4);
 }
 
+namespace {
+// n connected pairs whose server sides each have their pool receive armed
+// (one message sent and taken), for the chunk-record tests.
+struct stream_pairs {
+  std::vector<tcp_stream> servers, clients;
+};
+task<stream_pairs> armed_pairs(io_context& ctx, couring::tcp_listener& listener, buffer_pool& pool,
+                               int n) {
+  stream_pairs pairs;
+  for (int i = 0; i < n; ++i) {
+    auto p = co_await connect_pair(ctx, listener);
+    pairs.servers.push_back(std::move(p.server));
+    pairs.clients.push_back(std::move(p.client));
+  }
+  for (int i = 0; i < n; ++i) {
+    require_ok(co_await pairs.clients[i].write_all(bytes("a")));
+    auto l = co_await pairs.servers[i].receive(pool);
+    require_ok(l);
+  }
+  co_return pairs;
+}
+} // namespace
+
 TEST_CASE("INC: out of chunk records, a stream ends with a clear error after its data") {
   io_context ctx;
   buffer_pool pool(ctx, 2, 4096, {.max_queued_chunks = 4});
@@ -694,18 +717,7 @@ TEST_CASE("INC: out of chunk records, a stream ends with a clear error after its
   auto listener = loopback_listener(ctx);
   constexpr int streams = 6;
   auto body = [&]() -> task<void> {
-    std::vector<couring::tcp_stream> servers, clients;
-    for (int i = 0; i < streams; ++i) {
-      auto p = co_await connect_pair(ctx, listener);
-      servers.push_back(std::move(p.server));
-      clients.push_back(std::move(p.client));
-    }
-    // Arm every receive (one message each, taken).
-    for (int i = 0; i < streams; ++i) {
-      require_ok(co_await clients[i].write_all(bytes("a")));
-      auto l = co_await servers[i].receive(pool);
-      require_ok(l);
-    }
+    auto [servers, clients] = co_await armed_pairs(ctx, listener, pool, streams);
     // Then nobody receives: each stream's next message is a chunk of its
     // own between the others' in the same buffer: 6 chunks, 4 records.
     for (int i = 0; i < streams; ++i) {
@@ -907,17 +919,7 @@ TEST_CASE("INC: chunk records are recycled: a bound of 4 serves round after roun
   auto listener = loopback_listener(ctx);
   constexpr int streams = 4;
   auto body = [&]() -> task<void> {
-    std::vector<couring::tcp_stream> servers, clients;
-    for (int i = 0; i < streams; ++i) {
-      auto p = co_await connect_pair(ctx, listener);
-      servers.push_back(std::move(p.server));
-      clients.push_back(std::move(p.client));
-    }
-    for (int i = 0; i < streams; ++i) {
-      require_ok(co_await clients[i].write_all(bytes("a")));
-      auto l = co_await servers[i].receive(pool);
-      require_ok(l);
-    }
+    auto [servers, clients] = co_await armed_pairs(ctx, listener, pool, streams);
     // Each round queues 4 chunks (interleaved in one buffer: no merging),
     // exactly the bound, and takes them all: the records come back and the
     // next round finds them (freed ones, not new ones).
