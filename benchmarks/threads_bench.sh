@@ -15,9 +15,13 @@
 # io_uring_enter; involuntary: it was preempted; counted from
 # /proc/PID/task/*/status over warmup + run, so approximate). --repeat N runs
 # the whole list N times, interleaved (every configuration once, then again),
-# so that a noisy machine's load is shared alike; compare within a round. Server
-# CPU per round trip must not grow with threads; round trips per second show
-# the scaling -- on a machine with more cores than this 2-core one. There,
+# so that a noisy machine's load is shared alike; compare within a round. At the
+# end a summary gives, per configuration, the medians over the rounds and the
+# median of the per-round ratios of server CPU per round trip to the 1-thread
+# run of the same round (same connections): on a shared machine one run moves
+# by +-20 %, so only that ratio, over many rounds, says whether CPU per round
+# trip grows with threads. It must not; round trips per second show the
+# scaling -- on a machine with more cores than this 2-core one. There,
 # give the server N cores and the load generator others, e.g.
 #   benchmarks/threads_bench.sh build-release --threads "1 2 4 8" \
 #     --server-cpus 0-7 --load-cpus 8-15 --connections "500 2000"
@@ -79,6 +83,7 @@ if ((!float && ncpu >= 2)); then
 fi
 pin() { [[ -n $1 ]] && command -v taskset >/dev/null && echo "taskset -c $1"; }
 failed=0
+rows=$(mktemp /tmp/couring-threads-rows.XXXXXX)
 echo "== echo_server --threads: 64-byte round trips, ${duration} s per run" \
   "(server CPUs: ${server_cpus:-any}, loadgen CPUs: ${load_cpus:-any})"
 # Context switches of every thread of process $1: "voluntary involuntary".
@@ -159,11 +164,51 @@ for n in $threads; do
         rm -f "$tracelog"
       fi
       echo "$out"
+      echo "$round $n $mode $batch $c ${rate:-?} ${cpu:-?}" >>"$rows"
       done
     done
   done
 done
 done
+# The summary: medians over the rounds, and the median of the per-round ratios
+# of CPU per round trip against 1 thread (reuseport, same batch and
+# connections) with their range. mawk has no sort: an insertion sort.
+awk '
+  function median(list,   n, v, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++)
+      for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    if (n == 0) return "?"
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function range(list,   n, v, i, lo, hi) {
+    n = split(list, v, " "); lo = hi = v[1]
+    for (i = 2; i <= n; i++) { if (v[i] + 0 < lo + 0) lo = v[i]; if (v[i] + 0 > hi + 0) hi = v[i] }
+    return sprintf("%.2f-%.2f", lo, hi)
+  }
+  $6 != "?" && $7 != "?" {
+    key = $2 " " $3 " " $4 " " $5
+    if (!(key in seen)) { seen[key] = 1; order[++nkeys] = key }
+    rate[key] = rate[key] " " $6; cpu[key] = cpu[key] " " $7
+    at[$1, key] = $7
+    if ($2 == 1 && $3 == "reuseport") base[$1, $4 " " $5] = $7
+    rounds[$1] = 1
+  }
+  END {
+    if (nkeys == 0) exit
+    print "== summary: medians over the rounds; cpu ratio: median (range) of each round'"'"'s server CPU per round trip / 1 thread'"'"'s"
+    printf "%-8s %-10s %-6s %6s %14s %18s %22s\n", "threads", "mode", "batch", "conns", "round_trips/s", "server_us/round_trip", "cpu_ratio_to_1_thread"
+    for (k = 1; k <= nkeys; k++) {
+      key = order[k]; split(key, f, " ")
+      ratios = ""
+      for (r in rounds)
+        if ((r, key) in at && (r, f[3] " " f[4]) in base && base[r, f[3] " " f[4]] > 0)
+          ratios = ratios " " at[r, key] / base[r, f[3] " " f[4]]
+      ratio = ratios == "" ? "-" : sprintf("%.3f (%s)", median(ratios), range(ratios))
+      printf "%-8s %-10s %-6s %6s %14.0f %18.3f %22s\n", f[1], f[2], f[3], f[4], median(rate[key]), median(cpu[key]), ratio
+    }
+  }' "$rows"
+rm -f "$rows"
 if [[ -x $dir/benchmarks/bench_handoff ]]; then
   echo "== cross-context hand-off (bench_handoff)"
   rounds=200000
