@@ -260,16 +260,20 @@ void relay_awaitable::fill_round_done() noexcept {
 }
 
 void relay_awaitable::drain_round_done() noexcept {
+  const int m = drain_res_;
+  if (m > 0) {
+    // Counted even while stopping: a drain cancelled while it slept in the
+    // kernel on a full socket returns what that socket took before.
+    sent_ += static_cast<std::size_t>(m);
+    in_pipe_ -= static_cast<std::size_t>(m);
+  }
   if (stopping_)
     return;
   if (drain_polled_ && poll_out_res_ < 0) {
     stop(stopped() ? -ECANCELED : poll_out_res_);
     return;
   }
-  const int m = drain_res_;
   if (m > 0) {
-    sent_ += static_cast<std::size_t>(m);
-    in_pipe_ -= static_cast<std::size_t>(m);
     fill_blocked_ = false;
     // Short: a non-blocking to is full (a blocking one only stops short
     // when interrupted; the poll then returns at once).
