@@ -130,6 +130,12 @@ private:
   bool drain_polled_ = false;  // the current drain round began with that poll
   bool stopping_ = false;
   bool posted_ = false; // in the ring's posted list, to conclude there
+  // A splice out of a TCP socket stops at urgent (MSG_OOB) data, saying 0 or
+  // EAGAIN though bytes follow: the next fill round is then a 1-byte recv,
+  // which steps over the urgent byte as every read does (0 there: the end).
+  bool step_next_ = false;
+  bool stepping_ = false; // the current fill round is that recv
+  std::byte step_byte_{};
 };
 
 // Relays from `from` to `to` until from's end (see the top of this header).
