@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -184,5 +185,76 @@ TEST_CASE("relay hostile: closing the destination while the drain waits on a ful
       CHECK(ctx.pending_operations() == 0);
     }
   }
+  CHECK(open_fd_count() == fds_before);
+}
+
+TEST_CASE("relay hostile: destroying the io_context with relays in every stage (waiting for "
+          "bytes, drain asleep on a full socket, waiting in line) frees everything") {
+  const std::size_t fds_before = open_fd_count();
+  int alive = 0;
+  int resumed = 0;
+  struct frame_counter {
+    int* n;
+    explicit frame_counter(int* c) : n(c) { ++*n; }
+    ~frame_counter() { --*n; }
+  };
+  std::optional<io_context> holder(std::in_place);
+  {
+    io_context& ctx = *holder;
+    auto listener = loopback_listener(ctx);
+    bool all_started = false;
+    // A relay waiting for bytes; a relay whose drain sleeps on a full
+    // destination (b.client never reads) while its source is held back;
+    // a second relay on the same streams and a read, both waiting in line.
+    auto stages = [&]() -> task<void> {
+      frame_counter fc(&alive);
+      auto a = co_await connect_pair(ctx, listener);
+      auto b = co_await connect_pair(ctx, listener);
+      auto c = co_await connect_pair(ctx, listener);
+      auto d = co_await connect_pair(ctx, listener);
+      auto idle = [&]() -> task<void> {
+        frame_counter f(&alive);
+        (void)co_await relay(c.server, d.server);
+        ++resumed;
+      };
+      auto busy = [&]() -> task<void> {
+        frame_counter f(&alive);
+        (void)co_await relay(a.server, b.server);
+        ++resumed;
+      };
+      auto queued = [&]() -> task<void> {
+        frame_counter f(&alive);
+        (void)co_await relay(a.server, b.server);
+        ++resumed;
+      };
+      auto reader = [&]() -> task<void> {
+        frame_counter f(&alive);
+        std::byte buf[16];
+        (void)co_await a.server.read(buf);
+        ++resumed;
+      };
+      auto flood = [&]() -> task<void> {
+        (void)co_await flood_pattern(a.client, 256 * mib);
+        all_started = true;
+      };
+      co_await when_all(idle(), busy(), queued(), reader(), flood());
+      ++resumed;
+    };
+    ctx.spawn(stages());
+    auto stopper = [&]() -> task<void> {
+      while (!all_started)
+        (void)co_await couring::sleep_for(ctx, 10ms);
+      ctx.stop();
+    };
+    ctx.spawn(stopper());
+    ctx.run();
+    CHECK(all_started);
+    CHECK(alive == 5);
+    CHECK(resumed == 0);
+    CHECK(ctx.pending_operations() > 0);
+  }
+  holder.reset();
+  CHECK(alive == 0);
+  CHECK(resumed == 0);
   CHECK(open_fd_count() == fds_before);
 }
