@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -227,6 +228,11 @@ TEST_CASE("relay hostile: destroying the io_context with relays in every stage (
         (void)co_await relay(a.server, b.server);
         ++resumed;
       };
+      auto queued_reader = [&]() -> task<void> {
+        frame_counter f(&alive); // holds d.client's write side, waits for a.server's read side
+        (void)co_await relay(a.server, d.client);
+        ++resumed;
+      };
       auto reader = [&]() -> task<void> {
         frame_counter f(&alive);
         std::byte buf[16];
@@ -237,7 +243,7 @@ TEST_CASE("relay hostile: destroying the io_context with relays in every stage (
         (void)co_await flood_pattern(a.client, 256 * mib);
         all_started = true;
       };
-      co_await when_all(idle(), busy(), queued(), reader(), flood());
+      co_await when_all(idle(), busy(), queued(), queued_reader(), reader(), flood());
       ++resumed;
     };
     ctx.spawn(stages());
@@ -249,7 +255,7 @@ TEST_CASE("relay hostile: destroying the io_context with relays in every stage (
     ctx.spawn(stopper());
     ctx.run();
     CHECK(all_started);
-    CHECK(alive == 5);
+    CHECK(alive == 6);
     CHECK(resumed == 0);
     CHECK(ctx.pending_operations() > 0);
   }
@@ -257,4 +263,131 @@ TEST_CASE("relay hostile: destroying the io_context with relays in every stage (
   CHECK(alive == 0);
   CHECK(resumed == 0);
   CHECK(open_fd_count() == fds_before);
+}
+
+TEST_CASE("relay hostile: with_timeout and close while the relay waits in line for to's write "
+          "side or for from's read side; nothing taken from the source, both streams usable") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  const std::size_t fds_before = open_fd_count();
+  auto body = [&]() -> task<void> {
+    auto a = co_await connect_pair(ctx, listener);
+    auto b = co_await connect_pair(ctx, listener);
+    require_ok(co_await a.client.write_all(std::string_view("kept")));
+
+    // 1. to's write side is held by a write that waits for room (b.client
+    // does not read yet).
+    std::vector<std::byte> big(32 * mib);
+    auto writing = [&]() -> task<bool> {
+      auto w = co_await b.server.write_all(big);
+      co_return w.has_value();
+    };
+    auto timed_in_line = [&]() -> task<result<std::size_t>> {
+      (void)co_await sleep_for(ctx, 50ms); // the write holds the side by now
+      co_return co_await with_timeout(relay(a.server, b.server), 100ms);
+    };
+    auto unblock = [&]() -> task<std::size_t> {
+      (void)co_await sleep_for(ctx, 300ms);
+      std::vector<std::byte> buf(big.size());
+      auto n = co_await b.client.read_exactly(buf);
+      co_return n ? buf.size() : 0;
+    };
+    auto [w, timed, drained] = co_await when_all(writing(), timed_in_line(), unblock());
+    CHECK(w);
+    CHECK(timed.error() == std::errc::timed_out);
+    CHECK(drained == big.size());
+
+    // 2. from's read side is held by a pending read: the relay takes to's
+    // write side, then waits for from's; a timeout, then a close of to.
+    auto read_first = [&]() -> task<std::string> {
+      std::byte four[4];
+      auto n = co_await a.server.read_exactly(four);
+      co_return n ? test_support::text(four) : n.error().message();
+    };
+    // The read is served first (it asked first); the relay's timeout comes
+    // while it waits in line for the read side. Nothing pending holds the
+    // read side forever: the read got "kept" at once, so hold it with a
+    // second read that waits for bytes.
+    std::string first = co_await read_first();
+    CHECK(first == "kept");
+    auto pending_read = [&]() -> task<std::string> {
+      std::byte two[2];
+      auto n = co_await a.server.read_exactly(two);
+      co_return n ? test_support::text(two) : n.error().message();
+    };
+    auto timed_reader_wait = [&]() -> task<result<std::size_t>> {
+      (void)co_await sleep_for(ctx, 20ms);
+      co_return co_await with_timeout(relay(a.server, b.server), 100ms);
+    };
+    auto feed = [&]() -> task<void> {
+      (void)co_await sleep_for(ctx, 300ms);
+      require_ok(co_await a.client.write_all(std::string_view("okAFTER")));
+    };
+    auto [got, timed2, ignored] = co_await when_all(pending_read(), timed_reader_wait(), feed());
+    CHECK(got == "ok");
+    CHECK(timed2.error() == std::errc::timed_out);
+    // The relay took nothing: the next bytes are still in a.server.
+    auto moved = co_await relay(a.server, b.server, 5);
+    require_ok(moved);
+    std::byte five[5];
+    require_ok(co_await b.client.read_exactly(five));
+    CHECK(test_support::text(five) == "AFTER");
+
+    // 3. The same wait in line for from's read side, ended by a close of to.
+    auto pending_read2 = [&]() -> task<std::string> {
+      std::byte two[2];
+      auto n = co_await a.server.read_exactly(two);
+      co_return n ? test_support::text(two) : n.error().message();
+    };
+    auto waiting_relay = [&]() -> task<result<std::size_t>> {
+      (void)co_await sleep_for(ctx, 20ms);
+      co_return co_await relay(a.server, b.server);
+    };
+    auto close_to = [&]() -> task<void> {
+      (void)co_await sleep_for(ctx, 100ms);
+      b.server.close();
+      (void)co_await sleep_for(ctx, 50ms);
+      require_ok(co_await a.client.write_all(std::string_view("no")));
+    };
+    auto all = co_await with_timeout(when_all(pending_read2(), waiting_relay(), close_to()), 5s);
+    require_ok(all);
+    auto& [got2, closed, ignored2] = *all;
+    CHECK(got2 == "no");
+    CHECK(closed.error() == std::errc::operation_canceled);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+  CHECK(open_fd_count() == fds_before);
+}
+
+TEST_CASE("relay hostile: no descriptor left for the pipe: relay and send_file fail with EMFILE, "
+          "nothing started, the streams still work") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto a = co_await connect_pair(ctx, listener);
+    auto b = co_await connect_pair(ctx, listener);
+    require_ok(co_await a.client.write_all(std::string_view("still here")));
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    const int lowest = ::dup(0);
+    REQUIRE(lowest >= 0);
+    ::close(lowest);
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(lowest);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    auto op = relay(a.server, b.server);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &old) == 0);
+    auto r = co_await op;
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::too_many_files_open);
+    CHECK(op.transferred() == 0);
+    auto moved = co_await relay(a.server, b.server, 10);
+    require_ok(moved);
+    std::byte ten[10];
+    require_ok(co_await b.client.read_exactly(ten));
+    CHECK(test_support::text(ten) == "still here");
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
 }
