@@ -121,7 +121,7 @@ void relay_awaitable::pump(bool may_resume) noexcept {
       if (drain_parts_ == 0 && in_pipe_ > 0)
         issue_drain();
       if (fill_parts_ == 0 && !from_ended_ && !fill_blocked_ && filled_ < max_ &&
-          in_pipe_ < pipe_.size())
+          in_pipe_ < pipe_.size() && (!step_next_ || in_pipe_ == 0))
         issue_fill();
     } catch (const std::system_error& e) {
       stop(-e.code().value());
@@ -283,12 +283,10 @@ void relay_awaitable::fill_round_done() noexcept {
     filled_ += static_cast<std::size_t>(f);
     in_pipe_ += static_cast<std::size_t>(f);
   } else if (f == 0) {
-    if (!socket)
-      from_ended_ = true;
-    else if (in_pipe_ == 0)
-      step_next_ = true; // the end, or urgent data: a recv tells
+    if (socket)
+      step_next_ = true; // the end, or urgent data: a recv (once the pipe is empty) tells
     else
-      fill_blocked_ = true; // ask again once the pipe is empty
+      from_ended_ = true;
   } else if (f == -EAGAIN) {
     // No free slot in the pipe: the next drain makes room. With an empty
     // pipe, urgent data (or a wake-up with nothing to read): a recv.
