@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -387,6 +388,108 @@ TEST_CASE("relay hostile: no descriptor left for the pipe: relay and send_file f
     std::byte ten[10];
     require_ok(co_await b.client.read_exactly(ten));
     CHECK(test_support::text(ten) == "still here");
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("relay hostile: a peer that mixes urgent bytes into a pattern stream, an urgent byte "
+          "just before its end: every normal byte arrives, in order, and the relay ends") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  for (bool echo : {false, true}) {
+    DYNAMIC_SECTION((echo ? "relay(s, s)" : "relay(a, b)")) {
+      auto body = [&]() -> task<void> {
+        auto a = co_await connect_pair(ctx, listener);
+        auto b = co_await connect_pair(ctx, listener);
+        tcp_stream& to = echo ? a.server : b.server;
+        tcp_stream& receiver = echo ? a.client : b.client;
+        constexpr std::size_t rounds = 100;
+        constexpr std::size_t piece = 1000;
+        std::size_t received = 0, wrong = 0;
+        // TCP keeps one urgent mark: an urgent byte still unread when the
+        // next one comes becomes normal data (for a plain read too). So each
+        // urgent byte goes out only once the relay is past the previous one.
+        auto sender = [&]() -> task<void> {
+          std::vector<std::byte> buf(piece);
+          for (std::size_t r = 0; r < rounds; ++r) {
+            for (std::size_t i = 0; i < piece; ++i)
+              buf[i] = pattern_at(r * piece + i);
+            require_ok(co_await a.client.write_all(buf));
+            while (received < r * piece + 1)
+              (void)co_await sleep_for(ctx, 1ms);
+            send_oob(a.client, '!');
+          }
+          require_ok(a.client.shutdown_write());
+        };
+        auto relaying = [&]() -> task<result<std::size_t>> {
+          auto r = co_await relay(a.server, to);
+          (void)to.shutdown_write();
+          co_return r;
+        };
+        auto receiving = [&]() -> task<void> {
+          std::vector<std::byte> buf(64 * 1024);
+          for (;;) {
+            auto n = co_await receiver.read(buf);
+            if (!n || *n == 0)
+              co_return;
+            for (std::size_t i = 0; i < *n; ++i)
+              wrong += buf[i] != pattern_at(received + i);
+            received += *n;
+          }
+        };
+        auto all = co_await with_timeout(when_all(sender(), relaying(), receiving()), 20s);
+        require_ok(all);
+        auto& [ignored, r, ignored2] = *all;
+        require_ok(r);
+        CHECK(*r == rounds * piece);
+        CHECK(received == rounds * piece);
+        CHECK(wrong == 0);
+      };
+      ctx.run(body());
+      CHECK(ctx.pending_operations() == 0);
+    }
+  }
+}
+
+TEST_CASE("relay hostile: a destination already shut down for writing: EPIPE, nothing counted; "
+          "a stop token ends a relay whose drain sleeps on a full socket") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto a = co_await connect_pair(ctx, listener);
+    auto b = co_await connect_pair(ctx, listener);
+    require_ok(co_await a.client.write_all(std::string_view("lost")));
+    require_ok(b.server.shutdown_write());
+    auto op = relay(a.server, b.server);
+    auto r = co_await op;
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::broken_pipe);
+    CHECK(op.transferred() == 0);
+
+    auto c = co_await connect_pair(ctx, listener); // c.client reads only afterwards
+    auto d = co_await connect_pair(ctx, listener);
+    std::stop_source source;
+    auto op2 = relay(d.server, c.server);
+    auto inner = [&]() -> task<result<std::size_t>> {
+      auto& o = op2;
+      co_return co_await o;
+    };
+    auto relaying = [&]() -> task<result<std::size_t>> {
+      co_return co_await with_stop_token(inner(), source.get_token());
+    };
+    auto flood_then_stop = [&]() -> task<std::size_t> {
+      auto n = co_await flood_pattern(d.client, 256 * mib);
+      source.request_stop();
+      co_return n;
+    };
+    auto [r2, flooded] = co_await when_all(relaying(), flood_then_stop());
+    REQUIRE(!r2);
+    CHECK(r2.error() == std::errc::operation_canceled);
+    auto [got, wrong] = co_await drain_pattern(c.client, 300ms);
+    INFO("flooded " << flooded << ", relayed " << op2.transferred());
+    CHECK(got == op2.transferred());
+    CHECK(wrong == 0);
   };
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
