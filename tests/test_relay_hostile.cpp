@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <limits>
 #include <optional>
+#include <random>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -493,4 +495,136 @@ TEST_CASE("relay hostile: a destination already shut down for writing: EPIPE, no
   };
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("relay hostile: cancelled by a timeout at random moments while bytes flow: never hangs, "
+          "transferred() is exactly what arrives, every byte in order") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  std::minstd_rand rng(12345);
+  const int iterations = test_support::time_scale() > 1 ? 40 : 100;
+  auto body = [&]() -> task<void> {
+    int mismatches = 0, wrong_total = 0;
+    auto worst = std::chrono::steady_clock::duration::zero();
+    for (int it = 0; it < iterations; ++it) {
+      auto a = co_await connect_pair(ctx, listener);
+      auto b = co_await connect_pair(ctx, listener);
+      // Small pipes and chunks: many rounds, each a chance for the cancel.
+      relay_options o;
+      o.pipe_size = 65536;
+      o.chunk = 16384 << (it % 3);
+      auto op = relay(a.server, b.server, std::numeric_limits<std::size_t>::max(), o);
+      auto inner = [&]() -> task<result<std::size_t>> {
+        auto& r = op;
+        co_return co_await r;
+      };
+      const auto delay = std::chrono::microseconds(rng() % 3000);
+      auto relaying = [&]() -> task<result<std::size_t>> {
+        co_return co_await with_timeout(inner(), delay);
+      };
+      bool relay_done = false;
+      auto flood = [&]() -> task<void> {
+        std::vector<std::byte> buf(64 * 1024);
+        std::size_t sent = 0;
+        while (!relay_done) {
+          for (std::size_t i = 0; i < buf.size(); ++i)
+            buf[i] = pattern_at(sent + i);
+          auto w = co_await with_timeout(a.client.write_all(buf), 20ms);
+          if (!w)
+            break;
+          sent += buf.size();
+        }
+      };
+      const auto t0 = std::chrono::steady_clock::now();
+      auto reading = [&]() -> task<std::pair<std::size_t, std::size_t>> {
+        auto got = co_await drain_pattern(b.client, 100ms);
+        co_return got;
+      };
+      auto ended = [&]() -> task<result<std::size_t>> {
+        auto r = co_await relaying();
+        worst = std::max(worst, std::chrono::steady_clock::now() - t0 - delay);
+        relay_done = true;
+        co_return r;
+      };
+      auto [r, ignored, got] = co_await when_all(ended(), flood(), reading());
+      (void)r;
+      if (got.first != op.transferred()) {
+        ++mismatches;
+        UNSCOPED_INFO("iteration " << it << ": received " << got.first << ", transferred() "
+                                   << op.transferred());
+      }
+      wrong_total += static_cast<int>(got.second);
+    }
+    INFO("slowest cancel took "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(worst).count() << " ms");
+    CHECK(mismatches == 0);
+    CHECK(wrong_total == 0);
+    CHECK(worst < test_support::scaled(1s));
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
+
+TEST_CASE("send_file hostile: cancelled by a timeout at random moments, a peer that reads or "
+          "never reads: never hangs, transferred() is exactly what arrives, every byte right") {
+  char name[] = "/tmp/couring-relay-hostile-XXXXXX";
+  const int fd = ::mkstemp(name);
+  REQUIRE(fd >= 0);
+  const std::size_t size = 8 * mib;
+  {
+    std::vector<std::byte> buf(size);
+    for (std::size_t i = 0; i < size; ++i)
+      buf[i] = pattern_at(i);
+    REQUIRE(::write(fd, buf.data(), size) == static_cast<ssize_t>(size));
+    ::close(fd);
+  }
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  std::minstd_rand rng(777);
+  const int iterations = test_support::time_scale() > 1 ? 30 : 80;
+  auto body = [&]() -> task<void> {
+    auto f = co_await file::open(ctx, name);
+    require_ok(f);
+    int mismatches = 0;
+    std::size_t wrong_total = 0;
+    auto worst = std::chrono::steady_clock::duration::zero();
+    for (int it = 0; it < iterations; ++it) {
+      auto p = co_await connect_pair(ctx, listener);
+      const bool reads = it % 2 == 0;
+      auto op = send_file(p.server, *f, 0, size);
+      auto inner = [&]() -> task<result<std::size_t>> {
+        auto& o = op;
+        co_return co_await o;
+      };
+      const auto delay = std::chrono::microseconds(rng() % (reads ? 4000 : 2000));
+      const auto t0 = std::chrono::steady_clock::now();
+      auto sending = [&]() -> task<result<std::size_t>> {
+        auto r = co_await with_timeout(inner(), delay);
+        worst = std::max(worst, std::chrono::steady_clock::now() - t0 - delay);
+        co_return r;
+      };
+      auto reading = [&]() -> task<std::pair<std::size_t, std::size_t>> {
+        if (!reads)
+          (void)co_await sleep_for(ctx, 50ms); // the socket fills up meanwhile
+        co_return co_await drain_pattern(p.client, 100ms);
+      };
+      auto [r, got] = co_await when_all(sending(), reading());
+      if (r)
+        CHECK(*r == size);
+      if (got.first != op.transferred()) {
+        ++mismatches;
+        UNSCOPED_INFO("iteration " << it << ": received " << got.first << ", transferred() "
+                                   << op.transferred());
+      }
+      wrong_total += got.second;
+    }
+    INFO("slowest cancel took "
+         << std::chrono::duration_cast<std::chrono::milliseconds>(worst).count() << " ms");
+    CHECK(mismatches == 0);
+    CHECK(wrong_total == 0);
+    CHECK(worst < test_support::scaled(1s));
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+  ::unlink(name);
 }
