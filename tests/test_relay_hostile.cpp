@@ -628,3 +628,37 @@ TEST_CASE("send_file hostile: cancelled by a timeout at random moments, a peer t
   CHECK(ctx.pending_operations() == 0);
   ::unlink(name);
 }
+
+TEST_CASE("relay hostile: urgent data on a direct descriptor (io_uring's file table): the "
+          "step over it works there too") {
+  io_context ctx;
+  listen_options lo;
+  lo.direct_descriptors = true; // plain descriptors on the epoll backend
+  auto listener = loopback_listener(ctx, lo);
+  auto body = [&]() -> task<void> {
+    auto client = co_await tcp_stream::connect(ctx, listener.local_endpoint());
+    require_ok(client);
+    auto server = co_await listener.accept();
+    require_ok(server);
+    CHECK(server->is_direct() == (ctx.features().backend == backend::io_uring));
+    require_ok(co_await client->write_all(std::string_view("abc")));
+    send_oob(*client, '!');
+    auto later = [&]() -> task<void> {
+      (void)co_await sleep_for(ctx, 50ms);
+      require_ok(co_await client->write_all(std::string_view("def")));
+    };
+    auto echo = [&]() -> task<result<std::size_t>> {
+      co_return co_await relay(*server, *server, 6);
+    };
+    auto all = co_await with_timeout(when_all(echo(), later()), 5s);
+    require_ok(all);
+    auto& [moved, ignored] = *all;
+    require_ok(moved);
+    CHECK(*moved == 6);
+    std::byte six[6];
+    require_ok(co_await client->read_exactly(six));
+    CHECK(test_support::text(six) == "abcdef");
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}

@@ -28,7 +28,9 @@
 // through TCP's window), and nothing grows. The kernel runs every splice in
 // an io-wq worker; the polls keep those workers from sleeping on a silent
 // source. The pipe costs two descriptors per relay in flight; zero heap
-// allocations.
+// allocations. A splice stops at TCP urgent data (MSG_OOB): the relay steps
+// over the urgent byte with a 1-byte recv, as a plain read does, and a
+// splice that says 0 is confirmed as the end by that recv too.
 
 #include <cstddef>
 #include <cstdint>
