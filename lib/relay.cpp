@@ -175,6 +175,7 @@ void relay_awaitable::issue_fill() {
   r.arm(b, &fill_);
   detail::fix_splice_in_flags(b, from_state_);
   fill_parts_ = 2;
+  fill_from_empty_ = in_pipe_ == 0;
 }
 
 void relay_awaitable::issue_drain() {
@@ -288,10 +289,11 @@ void relay_awaitable::fill_round_done() noexcept {
     else
       from_ended_ = true;
   } else if (f == -EAGAIN) {
-    // No free slot in the pipe: the next drain makes room. With an empty
-    // pipe, urgent data (or a wake-up with nothing to read): a recv.
+    // No free slot in the pipe: the next drain makes room. From a pipe
+    // that was empty all along, urgent data (or a wake-up with nothing to
+    // read): a recv.
     fill_blocked_ = in_pipe_ > 0;
-    step_next_ = in_pipe_ == 0 && socket;
+    step_next_ = socket && fill_from_empty_ && in_pipe_ == 0;
   } else {
     stop(stopped() ? -ECANCELED : f);
   }

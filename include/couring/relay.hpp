@@ -136,7 +136,8 @@ private:
   // EAGAIN though bytes follow: the next fill round is then a 1-byte recv,
   // which steps over the urgent byte as every read does (0 there: the end).
   bool step_next_ = false;
-  bool stepping_ = false; // the current fill round is that recv
+  bool stepping_ = false;        // the current fill round is that recv
+  bool fill_from_empty_ = false; // the current fill round began with an empty pipe
   std::byte step_byte_{};
 };
 
