@@ -161,12 +161,13 @@ TEST_CASE("relay hostile: closing the destination while the drain waits on a ful
   io_context ctx;
   auto listener = loopback_listener(ctx);
   const std::size_t fds_before = open_fd_count();
-  for (int which : {0, 1}) { // close to, close from
-    DYNAMIC_SECTION("close " << (which == 0 ? "to" : "from")) {
+  for (int which : {0, 1, 2}) { // close to, close from, close the stream of an echo
+    DYNAMIC_SECTION("close " << (which == 0 ? "to" : which == 1 ? "from" : "the echo stream")) {
       auto body = [&]() -> task<void> {
         auto a = co_await connect_pair(ctx, listener);
         auto b = co_await connect_pair(ctx, listener); // b.client never reads
-        auto op = relay(a.server, b.server);
+        // The echo sends back to a.client, which never reads either.
+        auto op = relay(a.server, which == 2 ? a.server : b.server);
         auto relaying = [&]() -> task<result<std::size_t>> {
           auto& r = op;
           co_return co_await r;

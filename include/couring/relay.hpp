@@ -13,7 +13,11 @@
 //   (with_stop_token, when_any; with_timeout: timed_out);
 // in every case transferred() on the awaitable tells how many bytes `to` took
 // (keep the awaitable in a variable to ask). `to` is left as it is: shut it
-// down (shutdown_write) if its peer should see the end too.
+// down (shutdown_write) if its peer should see the end too. A relay that
+// fails or is cancelled may have taken bytes from `from` (up to the pipe's
+// size) that `to` never got: they are dropped with the pipe, so after an
+// error or a cancel while bytes flowed, neither stream is in a known place.
+// (A relay cancelled while it waited for bytes took none.)
 //
 // Order: it is one read on `from` and one write on `to`: it holds from's read
 // side and to's write side from start to end, so no other read takes bytes
