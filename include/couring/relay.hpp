@@ -17,7 +17,7 @@
 // fails or is cancelled may have taken bytes from `from` (up to the pipe's
 // size) that `to` never got: they are dropped with the pipe, so after an
 // error or a cancel while bytes flowed, neither stream is in a known place.
-// (A relay cancelled while it waited for bytes took none.)
+// (A relay cancelled while no bytes came took none.)
 //
 // Order: it is one read on `from` and one write on `to`: it holds from's read
 // side and to's write side from start to end, so no other read takes bytes
