@@ -663,3 +663,81 @@ TEST_CASE("relay hostile: urgent data on a direct descriptor (io_uring's file ta
   ctx.run(body());
   CHECK(ctx.pending_operations() == 0);
 }
+
+TEST_CASE("relay hostile: into a pipe whose reader is slow, then gone: every byte in order, then "
+          "EPIPE with transferred() what the reader got") {
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto a = co_await connect_pair(ctx, listener);
+    auto ends = couring::pipe(ctx).value();
+    auto& in = ends.first;
+    auto& out = ends.second;
+    const std::size_t total = 2 * mib;
+    auto sender = [&]() -> task<void> {
+      std::vector<std::byte> buf(total);
+      for (std::size_t i = 0; i < total; ++i)
+        buf[i] = pattern_at(i);
+      require_ok(co_await a.client.write_all(buf));
+      require_ok(a.client.shutdown_write());
+    };
+    auto relaying = [&]() -> task<result<std::size_t>> {
+      auto r = co_await relay(a.server, out);
+      out.close();
+      co_return r;
+    };
+    auto slow_reader = [&]() -> task<std::pair<std::size_t, std::size_t>> {
+      std::vector<std::byte> buf(48 * 1024);
+      std::size_t got = 0, wrong = 0;
+      for (;;) {
+        auto n = co_await in.read(buf);
+        if (!n || *n == 0)
+          co_return std::pair{got, wrong};
+        for (std::size_t i = 0; i < *n; ++i)
+          wrong += buf[i] != pattern_at(got + i);
+        got += *n;
+        (void)co_await sleep_for(ctx, 1ms);
+      }
+    };
+    auto all = co_await with_timeout(when_all(sender(), relaying(), slow_reader()), 20s);
+    require_ok(all);
+    auto& [ignored, r, got] = *all;
+    require_ok(r);
+    CHECK(*r == total);
+    CHECK(got.first == total);
+    CHECK(got.second == 0);
+
+    // The reader goes away mid-relay.
+    auto b = co_await connect_pair(ctx, listener);
+    auto ends2 = couring::pipe(ctx).value();
+    auto& in2 = ends2.first;
+    auto& out2 = ends2.second;
+    auto op = relay(b.server, out2);
+    auto relaying2 = [&]() -> task<result<std::size_t>> {
+      auto& o = op;
+      co_return co_await o;
+    };
+    std::size_t read_before = 0;
+    auto reader_then_gone = [&]() -> task<void> {
+      std::vector<std::byte> buf(64 * 1024);
+      while (read_before < 256 * 1024) {
+        auto n = co_await in2.read(buf);
+        if (!n || *n == 0)
+          break;
+        read_before += *n;
+      }
+      in2.close();
+    };
+    auto source = [&]() -> task<void> {
+      (void)co_await flood_pattern(b.client, 64 * mib);
+    };
+    auto all2 = co_await with_timeout(when_all(relaying2(), reader_then_gone(), source()), 20s);
+    require_ok(all2);
+    auto& [r2, ignored2, ignored3] = *all2;
+    REQUIRE(!r2);
+    CHECK(r2.error() == std::errc::broken_pipe);
+    CHECK(op.transferred() >= read_before);
+  };
+  ctx.run(body());
+  CHECK(ctx.pending_operations() == 0);
+}
