@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <unistd.h>
 
 namespace couring {
 
@@ -120,7 +121,7 @@ void relay_awaitable::pump(bool may_resume) noexcept {
       if (drain_parts_ == 0 && in_pipe_ > 0)
         issue_drain();
       if (fill_parts_ == 0 && !from_ended_ && !fill_blocked_ && filled_ < max_ &&
-          in_pipe_ < pipe_.size())
+          in_pipe_ < pipe_.size() && (!step_next_ || in_pipe_ == 0))
         issue_fill();
     } catch (const std::system_error& e) {
       stop(-e.code().value());
@@ -139,6 +140,22 @@ void relay_awaitable::issue_fill() {
   // always runs in an io-wq worker) starts only once there is something to
   // take, so no worker sleeps on a silent source. Adjacent SQEs: room first.
   detail::ring& r = *this->owner_ring;
+  if (step_next_) {
+    // A plain recv of one byte (it waits for data like any read; the pipe
+    // is empty, so the byte fits).
+    step_next_ = false;
+    stepping_ = true;
+    fill_.owner = this;
+    fill_.owner_ring = &r;
+    fill_.object = from_state_;
+    fill_.on_complete = &part_done;
+    io_uring_sqe* sqe = r.get_sqe();
+    io_uring_prep_recv(sqe, from_state_->fd, &step_byte_, 1, 0);
+    r.arm(sqe, &fill_);
+    poll_in_res_ = 0;
+    fill_parts_ = 1;
+    return;
+  }
   r.reserve_sqes(2);
   const std::size_t len = std::min({chunk_, pipe_.size() - in_pipe_, max_ - filled_});
   for (part* p : {&poll_in_, &fill_}) {
@@ -158,6 +175,7 @@ void relay_awaitable::issue_fill() {
   r.arm(b, &fill_);
   detail::fix_splice_in_flags(b, from_state_);
   fill_parts_ = 2;
+  fill_from_empty_ = in_pipe_ == 0;
 }
 
 void relay_awaitable::issue_drain() {
@@ -245,31 +263,57 @@ void relay_awaitable::fill_round_done() noexcept {
     stop(stopped() ? -ECANCELED : p);
     return;
   }
+  if (std::exchange(stepping_, false)) {
+    if (f > 0) {
+      if (::write(pipe_.write_end(), &step_byte_, 1) != 1) {
+        stop(-(errno != 0 ? errno : EIO));
+        return;
+      }
+      ++filled_;
+      ++in_pipe_;
+    } else if (f == 0) {
+      from_ended_ = true;
+    } else if (f != -EAGAIN) {
+      stop(stopped() ? -ECANCELED : f);
+    }
+    return;
+  }
+  // Only a socket can hold urgent data (a pipe's 0 is its end).
+  const bool socket = !from_state_->use_read_write;
   if (f > 0) {
     filled_ += static_cast<std::size_t>(f);
     in_pipe_ += static_cast<std::size_t>(f);
   } else if (f == 0) {
-    from_ended_ = true;
+    if (socket)
+      step_next_ = true; // the end, or urgent data: a recv (once the pipe is empty) tells
+    else
+      from_ended_ = true;
   } else if (f == -EAGAIN) {
-    // No free slot in the pipe: the next drain makes room. (With an empty
-    // pipe, a wake-up with nothing to read: poll again.)
+    // No free slot in the pipe: the next drain makes room. From a pipe
+    // that was empty all along, urgent data (or a wake-up with nothing to
+    // read): a recv.
     fill_blocked_ = in_pipe_ > 0;
+    step_next_ = socket && fill_from_empty_ && in_pipe_ == 0;
   } else {
     stop(stopped() ? -ECANCELED : f);
   }
 }
 
 void relay_awaitable::drain_round_done() noexcept {
+  const int m = drain_res_;
+  if (m > 0) {
+    // Counted even while stopping: a drain cancelled while it slept in the
+    // kernel on a full socket returns what that socket took before.
+    sent_ += static_cast<std::size_t>(m);
+    in_pipe_ -= static_cast<std::size_t>(m);
+  }
   if (stopping_)
     return;
   if (drain_polled_ && poll_out_res_ < 0) {
     stop(stopped() ? -ECANCELED : poll_out_res_);
     return;
   }
-  const int m = drain_res_;
   if (m > 0) {
-    sent_ += static_cast<std::size_t>(m);
-    in_pipe_ -= static_cast<std::size_t>(m);
     fill_blocked_ = false;
     // Short: a non-blocking to is full (a blocking one only stops short
     // when interrupted; the poll then returns at once).

@@ -13,7 +13,11 @@
 //   (with_stop_token, when_any; with_timeout: timed_out);
 // in every case transferred() on the awaitable tells how many bytes `to` took
 // (keep the awaitable in a variable to ask). `to` is left as it is: shut it
-// down (shutdown_write) if its peer should see the end too.
+// down (shutdown_write) if its peer should see the end too. A relay that
+// fails or is cancelled may have taken bytes from `from` (up to the pipe's
+// size) that `to` never got: they are dropped with the pipe, so after an
+// error or a cancel while bytes flowed, neither stream is in a known place.
+// (A relay cancelled while no bytes came took none.)
 //
 // Order: it is one read on `from` and one write on `to`: it holds from's read
 // side and to's write side from start to end, so no other read takes bytes
@@ -28,7 +32,9 @@
 // through TCP's window), and nothing grows. The kernel runs every splice in
 // an io-wq worker; the polls keep those workers from sleeping on a silent
 // source. The pipe costs two descriptors per relay in flight; zero heap
-// allocations.
+// allocations. A splice stops at TCP urgent data (MSG_OOB): the relay steps
+// over the urgent byte with a 1-byte recv, as a plain read does, and a
+// splice that says 0 is confirmed as the end by that recv too.
 
 #include <cstddef>
 #include <cstdint>
@@ -130,6 +136,13 @@ private:
   bool drain_polled_ = false;  // the current drain round began with that poll
   bool stopping_ = false;
   bool posted_ = false; // in the ring's posted list, to conclude there
+  // A splice out of a TCP socket stops at urgent (MSG_OOB) data, saying 0 or
+  // EAGAIN though bytes follow: the next fill round is then a 1-byte recv,
+  // which steps over the urgent byte as every read does (0 there: the end).
+  bool step_next_ = false;
+  bool stepping_ = false;        // the current fill round is that recv
+  bool fill_from_empty_ = false; // the current fill round began with an empty pipe
+  std::byte step_byte_{};
 };
 
 // Relays from `from` to `to` until from's end (see the top of this header).
