@@ -1,0 +1,387 @@
+// buffer_pool and stream::receive(pool) against hostile peers and awkward
+// timing: streams closed while they are woken for a buffer, peers that
+// vanish, pools replaced while streams still receive.
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/socket.h>
+
+#include <couring/couring.hpp>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+using namespace test_support;
+using couring::buffer_lease;
+using couring::buffer_pool;
+using couring::io_context;
+using couring::result;
+using couring::task;
+using couring::tcp_stream;
+
+namespace {
+
+bool is(const std::error_code& ec, std::errc e) {
+  return ec == e;
+}
+
+} // namespace
+
+TEST_CASE("a hungry stream woken for a buffer and closed at once: the next hungry stream gets "
+          "the buffer") {
+  // One buffer. L holds it; A (its peer gone) and B (data waiting) are
+  // hungry, in that order. L's lease ends: the buffer wakes A, which is
+  // closed at once; its request ends without taking the buffer, which must
+  // then go to B (nothing else will ever give a buffer back).
+  for (const bool inc : {true, false}) {
+    INFO("incremental asked: " << inc);
+    io_context ctx;
+    buffer_pool pool(ctx, 1, 256, {.incremental = inc, .bundle = false});
+    auto listener = loopback_listener(ctx);
+    std::optional<result<buffer_lease>> a_got;
+    auto body = [&]() -> task<void> {
+      auto l = co_await connect_pair(ctx, listener);
+      auto a = co_await connect_pair(ctx, listener);
+      auto b = co_await connect_pair(ctx, listener);
+      require_ok(co_await l.client.write_all(std::vector<std::byte>(256, std::byte{'l'})));
+      auto lease = co_await l.server.receive(pool);
+      require_ok(lease);
+      REQUIRE(lease->size() == 256);
+      REQUIRE(pool.available() == 0);
+      auto a_receive = [&]() -> task<void> {
+        a_got.emplace(co_await a.server.receive(pool));
+      };
+      ctx.spawn(a_receive());
+      (void)co_await couring::sleep_for(ctx, 10ms); // A's receive is armed
+      a.client.close();                             // end of stream, no buffer to say so
+      (void)co_await couring::sleep_for(ctx, 20ms); // A is hungry
+      REQUIRE(!a_got.has_value());
+      // B's receive is armed; its data waits for a buffer too.
+      auto b_first = couring::with_timeout(b.server.receive(pool), scaled(2s));
+      auto b_send = [&]() -> task<void> {
+        (void)co_await couring::sleep_for(ctx, 10ms);
+        require_ok(co_await b.client.write_all(bytes("hello")));
+        (void)co_await couring::sleep_for(ctx, 20ms); // B is hungry
+        lease->release();                             // wakes A ...
+        a.server.close(); // ... which goes away before its receive completes
+      };
+      ctx.spawn(b_send());
+      auto got = co_await b_first;
+      require_ok(got);
+      CHECK(text(got->data()) == "hello");
+      REQUIRE(a_got.has_value());
+      CHECK(is(a_got->error(), std::errc::operation_canceled));
+    };
+    ctx.run(body());
+    CHECK(pool.available() == 1);
+  }
+}
+
+TEST_CASE("a pool destroyed and another made at once: the old pool's stream never takes the new "
+          "pool's buffers") {
+  // The new pool may get the old one's buffer group id back; the old
+  // stream's receive must end (operation_canceled), not be filled from the
+  // new ring.
+  io_context ctx;
+  std::optional<buffer_pool> old_pool;
+  old_pool.emplace(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  std::optional<buffer_pool> fresh;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    std::optional<result<buffer_lease>> got;
+    auto waiting = [&]() -> task<void> {
+      got.emplace(co_await p.server.receive(*old_pool));
+    };
+    ctx.spawn(waiting());
+    (void)co_await couring::sleep_for(ctx, 10ms); // the multishot receive is armed
+    old_pool.reset();
+    fresh.emplace(ctx, 4, 256);
+    // The bytes are in the socket before the old pool's cancel has reached
+    // the kernel.
+    REQUIRE(::send(p.client.native_handle(), "hello", 5, 0) == 5);
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(got.has_value());
+    CHECK(is(got->error(), std::errc::operation_canceled));
+    CHECK(fresh->available() == 4);
+    // The new pool serves a new stream.
+    auto q = co_await connect_pair(ctx, listener);
+    require_ok(co_await q.client.write_all(bytes("fresh")));
+    auto lease = co_await couring::with_timeout(q.server.receive(*fresh), scaled(2s));
+    require_ok(lease);
+    CHECK(text(lease->data()) == "fresh");
+  };
+  ctx.run(body());
+  CHECK(fresh->available() == 4);
+}
+
+TEST_CASE("connections that send and vanish, round after round: buffers and chunk records come "
+          "back") {
+  // Each round: 20 peers send a few messages; half of them reset, half close.
+  // The server reads half of its streams to the end and closes the other half
+  // with their chunks still queued. 32 chunk records (INC) would run out by
+  // the second round if any were kept.
+  raise_fd_limit();
+  const bool inc = GENERATE(true, false);
+  CAPTURE(inc);
+  io_context ctx;
+  buffer_pool pool(ctx, 8, 1024, {.incremental = inc, .max_queued_chunks = 32});
+  auto listener = loopback_listener(ctx);
+  const auto fds_before = open_fd_count();
+  int read_to_end = 0;
+  int failures = 0;
+  auto body = [&]() -> task<void> {
+    constexpr int rounds = 6;
+    constexpr int per_round = 20;
+    for (int round = 0; round < rounds; ++round) {
+      std::vector<tcp_stream> servers;
+      for (int i = 0; i < per_round; ++i) {
+        auto p = co_await connect_pair(ctx, listener);
+        // The first receive arms the stream's multishot; it waits.
+        auto r = co_await couring::with_timeout(p.server.receive(pool), 1ms);
+        CHECK(is(r.error(), std::errc::timed_out));
+        require_ok(co_await p.client.write_all(bytes("m" + std::to_string(i))));
+        if (i % 2 == 0) {
+          linger lg{.l_onoff = 1, .l_linger = 0};
+          REQUIRE(::setsockopt(p.client.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ==
+                  0);
+        }
+        p.client.close(); // gone: a reset or an end of stream
+        servers.push_back(std::move(p.server));
+      }
+      (void)co_await couring::sleep_for(ctx, 20ms); // everything has arrived (or been reset)
+      for (int i = 0; i < per_round; ++i) {
+        if (i % 4 >= 2) {
+          servers[static_cast<std::size_t>(i)].close(); // chunks queued, nobody takes them
+          continue;
+        }
+        for (int n = 0; n < 4; ++n) {
+          auto l = co_await couring::with_timeout(
+              servers[static_cast<std::size_t>(i)].receive(pool), scaled(2s));
+          if (!l) {
+            // A reset may drop what was unread; anything else is a failure.
+            if (!is(l.error(), std::errc::connection_reset))
+              ++failures;
+            break;
+          }
+          if (l->empty()) {
+            ++read_to_end;
+            break;
+          }
+          CHECK(text(l->data()) == "m" + std::to_string(i));
+        }
+        servers[static_cast<std::size_t>(i)].close();
+      }
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      CHECK(pool.available() == 8);
+    }
+  };
+  ctx.run(body());
+  CHECK(failures == 0);
+  CHECK(read_to_end > 0);
+  CHECK(pool.available() == 8);
+  CHECK(open_fd_count() == fds_before);
+}
+
+namespace {
+
+// Receives until end of stream, checking each byte against pattern(seed);
+// every hold_every-th lease is kept across a short sleep (starvation).
+task<long> receive_checked(tcp_stream& s, buffer_pool& pool, std::uint64_t seed, int hold_every) {
+  std::size_t at = 0;
+  for (int n = 1;; ++n) {
+    auto lease = co_await couring::with_timeout(s.receive(pool), scaled(10s));
+    if (!lease) {
+      UNSCOPED_INFO("receive: " << lease.error().message() << " after " << at << " bytes");
+      co_return -1;
+    }
+    if (lease->empty())
+      co_return static_cast<long>(at);
+    for (std::byte b : lease->data())
+      if (b != pattern_byte(seed, at++)) {
+        UNSCOPED_INFO("wrong byte at " << at - 1);
+        co_return -1;
+      }
+    if (hold_every > 0 && n % hold_every == 0)
+      (void)co_await couring::sleep_for(s.context(), 1ms);
+  }
+}
+
+} // namespace
+
+TEST_CASE("bulk streams turn to bundles while the pool starves: order kept, nothing lost") {
+  // Every stream fills whole buffers, so every one is cancelled and re-armed
+  // for bundles, mostly while the pool is empty (ENOBUFS around the switch).
+  const bool inc = GENERATE(true, false);
+  CAPTURE(inc);
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 4096, {.incremental = inc});
+  auto listener = loopback_listener(ctx);
+  constexpr int streams = 16;
+  constexpr std::size_t per_stream = 192 * 1024;
+  int complete = 0;
+  auto server_side = [&](tcp_stream s, std::uint64_t seed, int hold_every) -> task<void> {
+    const long n = co_await receive_checked(s, pool, seed, hold_every);
+    CHECK(n == static_cast<long>(per_stream));
+    if (n == static_cast<long>(per_stream))
+      ++complete;
+  };
+  auto client_side = [&](tcp_stream c, std::uint64_t seed) -> task<void> {
+    require_ok(co_await c.write_all(pattern(seed, per_stream)));
+    require_ok(c.shutdown_write());
+    std::byte b[1];
+    auto n = co_await c.read(b);
+    CHECK((n && *n == 0));
+  };
+  auto body = [&]() -> task<void> {
+    for (int i = 0; i < streams; ++i) {
+      auto p = co_await connect_pair(ctx, listener);
+      const auto seed = 77 + static_cast<std::uint64_t>(i);
+      ctx.spawn(server_side(std::move(p.server), seed, i % 4));
+      ctx.spawn(client_side(std::move(p.client), seed));
+    }
+  };
+  ctx.spawn(body());
+  ctx.run();
+  CHECK(complete == streams);
+  CHECK(pool.available() == 4);
+  if (pool.bundled())
+    CHECK(pool.stats().pieces > pool.stats().completions); // bundles did run
+}
+
+TEST_CASE("a peer that sends one byte at a time beside a bulk peer (INC shares buffers)") {
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 512, {.max_queued_chunks = 4096});
+  auto listener = loopback_listener(ctx);
+  constexpr std::size_t drip_bytes = 1500;
+  constexpr std::size_t bulk_bytes = 256 * 1024;
+  long drip_got = -2;
+  long bulk_got = -2;
+  auto body = [&]() -> task<void> {
+    auto drip = co_await connect_pair(ctx, listener);
+    auto bulk = co_await connect_pair(ctx, listener);
+    require_ok(drip.client.set_no_delay(true));
+    auto dripper = [&]() -> task<void> {
+      const auto data = pattern(5, drip_bytes);
+      for (std::size_t i = 0; i < drip_bytes; ++i) {
+        require_ok(co_await drip.client.write_all(std::span(data).subspan(i, 1)));
+        if (i % 64 == 0)
+          (void)co_await couring::sleep_for(ctx, 1ms);
+      }
+      require_ok(drip.client.shutdown_write());
+    };
+    auto bulker = [&]() -> task<void> {
+      require_ok(co_await bulk.client.write_all(pattern(6, bulk_bytes)));
+      require_ok(bulk.client.shutdown_write());
+    };
+    auto drip_reader = [&]() -> task<void> {
+      drip_got = co_await receive_checked(drip.server, pool, 5, 3);
+    };
+    auto bulk_reader = [&]() -> task<void> {
+      bulk_got = co_await receive_checked(bulk.server, pool, 6, 5);
+    };
+    ctx.spawn(dripper());
+    ctx.spawn(bulker());
+    ctx.spawn(drip_reader());
+    co_await bulk_reader();
+    while (drip_got == -2)
+      (void)co_await couring::sleep_for(ctx, 5ms);
+  };
+  ctx.run(body());
+  CHECK(drip_got == static_cast<long>(drip_bytes));
+  CHECK(bulk_got == static_cast<long>(bulk_bytes));
+  CHECK(pool.available() == 4);
+}
+
+TEST_CASE("teardown with leases, queued chunks and waiting receives alive") {
+  // The context goes away while frames hold leases, streams with chunks
+  // queued and receives waiting; the pool object went first (as it must) or
+  // lives in a frame. Under ASan/LSan: no use after free, nothing leaked.
+  const bool pool_in_frame = GENERATE(false, true);
+  CAPTURE(pool_in_frame);
+  const auto fds_before = open_fd_count();
+  {
+    io_context ctx;
+    auto listener = loopback_listener(ctx);
+    std::optional<buffer_pool> outer;
+    if (!pool_in_frame)
+      outer.emplace(ctx, 4, 256);
+    int ready = 0;
+    auto holder = [&]() -> task<void> {
+      std::optional<buffer_pool> own;
+      if (pool_in_frame)
+        own.emplace(ctx, 4, 256);
+      buffer_pool& pool = pool_in_frame ? *own : *outer;
+      auto p = co_await connect_pair(ctx, listener);
+      require_ok(co_await p.client.write_all(bytes("abc")));
+      auto lease = co_await p.server.receive(pool);
+      require_ok(lease);
+      require_ok(co_await p.client.write_all(std::string(600, 'q'))); // queued chunks
+      auto q = co_await connect_pair(ctx, listener);
+      ++ready;
+      auto never = co_await q.server.receive(pool); // waits until teardown
+      (void)never;
+      CHECK(false); // never resumed
+    };
+    auto stopper = [&]() -> task<void> {
+      while (ready < 2)
+        (void)co_await couring::sleep_for(ctx, 5ms);
+      (void)co_await couring::sleep_for(ctx, 20ms);
+      ctx.stop();
+    };
+    ctx.spawn(holder());
+    ctx.spawn(holder());
+    ctx.spawn(stopper());
+    ctx.run();
+    outer.reset(); // before the context, with leases and receivers alive
+  }
+  CHECK(open_fd_count() == fds_before);
+}
+
+TEST_CASE("receives that time out, or whose stream is closed, while waiting for a buffer") {
+  const bool inc = GENERATE(true, false);
+  CAPTURE(inc);
+  io_context ctx;
+  buffer_pool pool(ctx, 1, 256, {.incremental = inc});
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto l = co_await connect_pair(ctx, listener);
+    auto a = co_await connect_pair(ctx, listener);
+    auto b = co_await connect_pair(ctx, listener);
+    require_ok(co_await l.client.write_all(std::vector<std::byte>(256, std::byte{'l'})));
+    auto lease = co_await l.server.receive(pool);
+    require_ok(lease);
+    REQUIRE(pool.available() == 0);
+    // A: data waits for a buffer; its receive times out (twice), nothing lost.
+    require_ok(co_await a.client.write_all(bytes("aaa")));
+    auto t1 = co_await couring::with_timeout(a.server.receive(pool), 30ms);
+    CHECK(is(t1.error(), std::errc::timed_out));
+    auto t2 = co_await couring::with_timeout(a.server.receive(pool), 10ms);
+    CHECK(is(t2.error(), std::errc::timed_out));
+    // B: hungry too, closed while its receive waits.
+    require_ok(co_await b.client.write_all(bytes("bbb")));
+    std::optional<result<buffer_lease>> b_got;
+    auto b_receive = [&]() -> task<void> {
+      b_got.emplace(co_await b.server.receive(pool));
+    };
+    ctx.spawn(b_receive());
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(!b_got.has_value());
+    b.server.close();
+    (void)co_await couring::sleep_for(ctx, 5ms);
+    REQUIRE(b_got.has_value());
+    CHECK(is(b_got->error(), std::errc::operation_canceled));
+    // The buffer comes back: A gets its data.
+    lease->release();
+    auto got = co_await couring::with_timeout(a.server.receive(pool), scaled(2s));
+    require_ok(got);
+    CHECK(text(got->data()) == "aaa");
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 1);
+}
