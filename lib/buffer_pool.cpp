@@ -697,6 +697,10 @@ void pool_state::on_cqe(operation* op) noexcept {
     }
   }
   if (closed) {
+    // It may have been woken for a buffer it did not take (its request was
+    // cancelled, or ended without data): the next hungry stream gets it, or
+    // it waits until some other buffer comes back, perhaps never.
+    p.wake_hungry();
     if (rc->in_kernel == pool_receiver::request::none)
       p.destroy(rc); // (its buffers' give-backs wake hungry streams)
     return;
