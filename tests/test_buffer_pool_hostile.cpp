@@ -385,3 +385,35 @@ TEST_CASE("receives that time out, or whose stream is closed, while waiting for 
   ctx.run(body());
   CHECK(pool.available() == 1);
 }
+
+TEST_CASE("misuse: a receive from a pool of another io_context is a logic_error") {
+  // The pool's ring is another context's (another thread's, with a
+  // runtime): arming the stream's receive there would race with that
+  // context's own submissions.
+  io_context ctx;
+  io_context other;
+  buffer_pool foreign(other, 4, 256);
+  buffer_pool own(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  bool threw = false;
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    try {
+      auto r = co_await couring::with_timeout(p.server.receive(foreign), 100ms);
+      (void)r;
+    } catch (const std::logic_error&) {
+      threw = true;
+    }
+    if (!threw)
+      co_return; // (the stream is unusable then)
+    // The stream is untouched: it receives from its own context's pool.
+    require_ok(co_await p.client.write_all(bytes("ok")));
+    auto lease = co_await couring::with_timeout(p.server.receive(own), scaled(2s));
+    require_ok(lease);
+    CHECK(text(lease->data()) == "ok");
+  };
+  ctx.run(body());
+  CHECK(threw);
+  CHECK(own.available() == 4);
+  CHECK(foreign.available() == 4);
+}
