@@ -838,6 +838,10 @@ bool pool_receive_awaitable::start_slow(std::coroutine_handle<> awaiting, cancel
     this->res = -ECANCELED;
     return false;
   }
+  if (pool_->r_ != this->owner_ring)
+    // Its request would go to the pool's ring: another context's (another
+    // thread's, with a runtime), whose submissions it would race with.
+    throw std::logic_error("couring: receive from a buffer_pool of another io_context");
   object_side& side = this->object->read_side;
   pool_receiver* rc = nullptr;
   if (side.active == nullptr) {
