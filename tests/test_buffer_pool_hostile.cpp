@@ -561,3 +561,40 @@ TEST_CASE("random closes, timeouts, stops and held leases over many streams (ASa
   CHECK(pool.available() == 4);
   CHECK(open_fd_count() == fds_before);
 }
+
+TEST_CASE("misuse: a read on a stream that receives through a pool fails at once, data or not") {
+  // The stream's receiver holds its read side for as long as it is open: a
+  // read queued behind it would wait for ever if nothing arrived (or after
+  // the end of stream). It fails with invalid_argument instead, with or
+  // without a timeout around it, and the stream still receives.
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("one")));
+    auto first = co_await p.server.receive(pool);
+    require_ok(first);
+    std::byte buf[16];
+    auto r1 = co_await couring::with_timeout(p.server.read(buf), scaled(1s));
+    CHECK(is(r1.error(), std::errc::invalid_argument));
+    auto r2 = co_await p.server.read(buf);
+    CHECK(is(r2.error(), std::errc::invalid_argument));
+    std::stop_source never;
+    auto r3 = co_await couring::with_stop_token(p.server.read(buf), never.get_token());
+    CHECK(is(r3.error(), std::errc::invalid_argument));
+    require_ok(co_await p.client.write_all(bytes("two")));
+    require_ok(p.client.shutdown_write());
+    auto second = co_await couring::with_timeout(p.server.receive(pool), scaled(2s));
+    require_ok(second);
+    CHECK(text(second->data()) == "two");
+    auto end = co_await couring::with_timeout(p.server.receive(pool), scaled(2s));
+    require_ok(end);
+    CHECK(end->empty());
+    // After the end of stream too.
+    auto r4 = co_await couring::with_timeout(p.server.read(buf), scaled(1s));
+    CHECK(is(r4.error(), std::errc::invalid_argument));
+  };
+  ctx.run(body());
+  CHECK(pool.available() == 4);
+}
