@@ -598,3 +598,66 @@ TEST_CASE("misuse: a read on a stream that receives through a pool fails at once
   ctx.run(body());
   CHECK(pool.available() == 4);
 }
+
+TEST_CASE("misuse: read_exactly on a stream that receives through a pool fails at once") {
+  // read_exactly is a compound operation: ended from its side's queue (never
+  // issued, no CQE), its completion function must see no CQE flags.
+  io_context ctx;
+  buffer_pool pool(ctx, 4, 256);
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    require_ok(co_await p.client.write_all(bytes("one")));
+    auto first = co_await p.server.receive(pool);
+    require_ok(first);
+    std::byte buf[16];
+    auto r1 = co_await couring::with_timeout(p.server.read_exactly(buf), scaled(1s));
+    CHECK(is(r1.error(), std::errc::invalid_argument));
+    auto r2 = co_await p.server.read_exactly(buf);
+    CHECK(is(r2.error(), std::errc::invalid_argument));
+  };
+  ctx.run(body());
+}
+
+TEST_CASE("a write_all waiting in line behind another, cancelled or closed, ends") {
+  // (Not a pool case, the same path: a compound operation ended from its
+  // side's queue.) The first write_all blocks (the peer does not read); the
+  // second waits in line and is stopped, then a third is ended by close.
+  io_context ctx;
+  auto listener = loopback_listener(ctx);
+  auto body = [&]() -> task<void> {
+    auto p = co_await connect_pair(ctx, listener);
+    const std::vector<std::byte> big(32 << 20, std::byte{'b'});
+    std::optional<result<void>> first;
+    auto blocker = [&]() -> task<void> {
+      first.emplace(co_await p.client.write_all(big));
+    };
+    ctx.spawn(blocker());
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    REQUIRE(!first.has_value());
+    std::stop_source stop;
+    auto stopper = [&]() -> task<void> {
+      (void)co_await couring::sleep_for(ctx, 10ms);
+      stop.request_stop();
+    };
+    ctx.spawn(stopper());
+    const std::vector<std::byte> small(100, std::byte{'s'});
+    auto second = co_await couring::with_stop_token(p.client.write_all(small), stop.get_token());
+    CHECK(is(second.error(), std::errc::operation_canceled));
+    auto timed = co_await couring::with_timeout(p.client.write_all(small), 10ms);
+    CHECK(is(timed.error(), std::errc::timed_out));
+    std::optional<result<void>> third;
+    auto waiter = [&]() -> task<void> {
+      third.emplace(co_await p.client.write_all(small));
+    };
+    ctx.spawn(waiter());
+    (void)co_await couring::sleep_for(ctx, 10ms);
+    p.client.close();
+    (void)co_await couring::sleep_for(ctx, 20ms);
+    REQUIRE(third.has_value());
+    CHECK(is(third->error(), std::errc::operation_canceled));
+    REQUIRE(first.has_value());
+    CHECK(!first->has_value());
+  };
+  ctx.run(body());
+}
