@@ -509,6 +509,11 @@ void ring::enter_batched(unsigned wait_nr) {
 }
 
 void ring::post(operation* op) noexcept {
+  // No CQE brought it here: a completion function it runs from run_posted
+  // (transfer_all's step) must not read flags left over from whatever the
+  // frame's memory held before (IORING_CQE_F_MORE would make it wait for
+  // a notification that never comes).
+  op->cqe_flags = 0;
   op->next = nullptr;
   if (posted_tail_ != nullptr)
     posted_tail_->next = op;
