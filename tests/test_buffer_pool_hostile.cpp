@@ -101,8 +101,10 @@ TEST_CASE("a pool destroyed and another made at once: the old pool's stream neve
     };
     ctx.spawn(waiting());
     (void)co_await couring::sleep_for(ctx, 10ms); // the multishot receive is armed
+    const unsigned old_id = old_pool->group_id();
     old_pool.reset();
     fresh.emplace(ctx, 4, 256);
+    CHECK(fresh->group_id() == old_id); // the id is free again at once
     // The bytes are in the socket before the old pool's cancel has reached
     // the kernel.
     REQUIRE(::send(p.client.native_handle(), "hello", 5, 0) == 5);
