@@ -697,6 +697,10 @@ void pool_state::on_cqe(operation* op) noexcept {
     }
   }
   if (closed) {
+    // It may have been woken for a buffer it did not take (its request was
+    // cancelled, or ended without data): the next hungry stream gets it, or
+    // it waits until some other buffer comes back, perhaps never.
+    p.wake_hungry();
     if (rc->in_kernel == pool_receiver::request::none)
       p.destroy(rc); // (its buffers' give-backs wake hungry streams)
     return;
@@ -834,6 +838,10 @@ bool pool_receive_awaitable::start_slow(std::coroutine_handle<> awaiting, cancel
     this->res = -ECANCELED;
     return false;
   }
+  if (pool_->r_ != this->owner_ring)
+    // Its request would go to the pool's ring: another context's (another
+    // thread's, with a runtime), whose submissions it would race with.
+    throw std::logic_error("couring: receive from a buffer_pool of another io_context");
   object_side& side = this->object->read_side;
   pool_receiver* rc = nullptr;
   if (side.active == nullptr) {

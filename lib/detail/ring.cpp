@@ -1,5 +1,7 @@
 #include <couring/detail/ring.hpp>
 
+#include <couring/detail/pool_receive.hpp> // on_receiver_cqe: the read side a pool holds
+
 #include "epoll_emulator.hpp"
 
 #include <algorithm>
@@ -507,6 +509,11 @@ void ring::enter_batched(unsigned wait_nr) {
 }
 
 void ring::post(operation* op) noexcept {
+  // No CQE brought it here: a completion function it runs from run_posted
+  // (transfer_all's step) must not read flags left over from whatever the
+  // frame's memory held before (IORING_CQE_F_MORE would make it wait for
+  // a notification that never comes).
+  op->cqe_flags = 0;
   op->next = nullptr;
   if (posted_tail_ != nullptr)
     posted_tail_->next = op;
@@ -716,6 +723,15 @@ bool ring::take_side(operation* op) {
   if (side->active == nullptr) {
     side->active = op;
     return true;
+  }
+  if (side->active->on_complete == &on_receiver_cqe) [[unlikely]] {
+    // The stream receives through a buffer pool: its receiver holds the
+    // read side for as long as the stream is open, so this read would wait
+    // for ever. It fails (on the next turn; the caller sees side cleared).
+    op->side = nullptr;
+    op->res = -EINVAL;
+    post(op);
+    return false;
   }
   // Wait in line (with_timeout arms a timer of its own for the wait).
   op->next = nullptr;

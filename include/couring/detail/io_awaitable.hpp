@@ -95,7 +95,8 @@ public:
     }
     this->waiter = awaiting;
     if (this->side != nullptr && !this->owner_ring->take_side(this)) {
-      if (s != nullptr)
+      // (side cleared: it failed at once and is posted, see take_side.)
+      if (s != nullptr && this->side != nullptr)
         s->set_current(this); // waits in line; cancel_fn takes it out
       return true;
     }

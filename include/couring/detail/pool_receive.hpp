@@ -80,8 +80,9 @@ public:
     return start(awaiting, scope_of(awaiting));
   }
   // Takes a queued chunk at once (false), or waits (true). Throws
-  // std::logic_error if the stream receives from another pool or a read is
-  // in progress on it, std::bad_alloc if no receiver record can be had.
+  // std::logic_error if the stream receives from another pool, the pool is
+  // another io_context's or a read is in progress on the stream,
+  // std::bad_alloc if no receiver record can be had.
   bool start(std::coroutine_handle<> awaiting, cancel_scope* s) {
     // The common case, inline: the stream's receiver is armed, has nothing
     // queued and has not ended; the receive just waits in line behind it.

@@ -340,6 +340,8 @@ public:
   // listening at once (shutdown SHUT_RD) even while the close is deferred.
   void close_object(object_state* s, close_mode mode) noexcept;
   // Starts op on its side now if the side is free (true), or queues it.
+  // A read on a stream that receives through a buffer pool is not queued:
+  // it ends with EINVAL, posted, and its side is cleared.
   bool take_side(operation* op);
   // Drops a waiting op from its side's queue (its frame is going away).
   static void leave_queue(operation* op) noexcept;
