@@ -115,6 +115,17 @@ inline std::chrono::milliseconds scaled(std::chrono::milliseconds ms) {
       static_cast<long>(static_cast<double>(ms.count()) * time_scale()));
 }
 
+// A byte pattern whose period (251) is prime: a chunk lost, doubled or
+// swapped at any power-of-two boundary shows.
+inline std::byte pattern_at(std::size_t i) {
+  return static_cast<std::byte>((i * 7 + 3) % 251);
+}
+// buf filled with the pattern from offset on.
+inline void fill_pattern(std::span<std::byte> buf, std::size_t offset) {
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    buf[i] = pattern_at(offset + i);
+}
+
 inline std::size_t open_fd_count() {
   std::size_t n = 0;
   if (DIR* d = opendir("/proc/self/fd")) {

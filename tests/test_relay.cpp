@@ -22,24 +22,15 @@
 using namespace couring;
 using namespace std::chrono_literals;
 using test_support::connect_pair;
+using test_support::fill_pattern;
 using test_support::loopback_listener;
 using test_support::open_fd_count;
+using test_support::pattern_at;
 using test_support::require_ok;
 
 namespace {
 
 constexpr std::size_t mib = 1024 * 1024;
-
-// A pattern whose period (251) is prime: a chunk lost, doubled or swapped at
-// any power-of-two boundary shows.
-std::byte pattern_at(std::size_t i) {
-  return static_cast<std::byte>((i * 7 + 3) % 251);
-}
-
-void fill_pattern(std::span<std::byte> buf, std::size_t offset) {
-  for (std::size_t i = 0; i < buf.size(); ++i)
-    buf[i] = pattern_at(offset + i);
-}
 
 // Writes total pattern bytes to s in 256 KiB pieces, then shuts its write side.
 task<result<std::size_t>> send_pattern(stream& s, std::size_t total, bool shut = true) {

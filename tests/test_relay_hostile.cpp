@@ -26,17 +26,15 @@
 using namespace couring;
 using namespace std::chrono_literals;
 using test_support::connect_pair;
+using test_support::fill_pattern;
 using test_support::loopback_listener;
 using test_support::open_fd_count;
+using test_support::pattern_at;
 using test_support::require_ok;
 
 namespace {
 
 constexpr std::size_t mib = 1024 * 1024;
-
-std::byte pattern_at(std::size_t i) {
-  return static_cast<std::byte>((i * 7 + 3) % 251);
-}
 
 // Reads what s has until nothing comes for `quiet` (or its end): the count,
 // and how many bytes differ from the pattern.
@@ -59,8 +57,7 @@ task<std::size_t> flood_pattern(stream& s, std::size_t limit) {
   std::vector<std::byte> buf(1 * mib);
   std::size_t sent = 0;
   while (sent < limit) {
-    for (std::size_t i = 0; i < buf.size(); ++i)
-      buf[i] = pattern_at(sent + i);
+    fill_pattern(buf, sent);
     auto w = co_await with_timeout(s.write_all(buf), 500ms);
     if (!w)
       co_return sent;
@@ -416,8 +413,7 @@ TEST_CASE("relay hostile: a peer that mixes urgent bytes into a pattern stream, 
         auto sender = [&]() -> task<void> {
           std::vector<std::byte> buf(piece);
           for (std::size_t r = 0; r < rounds; ++r) {
-            for (std::size_t i = 0; i < piece; ++i)
-              buf[i] = pattern_at(r * piece + i);
+            fill_pattern(buf, r * piece);
             require_ok(co_await a.client.write_all(buf));
             while (received < r * piece + 1)
               (void)co_await sleep_for(ctx, 1ms);
@@ -528,8 +524,7 @@ TEST_CASE("relay hostile: cancelled by a timeout at random moments while bytes f
         std::vector<std::byte> buf(64 * 1024);
         std::size_t sent = 0;
         while (!relay_done) {
-          for (std::size_t i = 0; i < buf.size(); ++i)
-            buf[i] = pattern_at(sent + i);
+          fill_pattern(buf, sent);
           auto w = co_await with_timeout(a.client.write_all(buf), 20ms);
           if (!w)
             break;
@@ -574,8 +569,7 @@ TEST_CASE("send_file hostile: cancelled by a timeout at random moments, a peer t
   const std::size_t size = 8 * mib;
   {
     std::vector<std::byte> buf(size);
-    for (std::size_t i = 0; i < size; ++i)
-      buf[i] = pattern_at(i);
+    fill_pattern(buf, 0);
     REQUIRE(::write(fd, buf.data(), size) == static_cast<ssize_t>(size));
     ::close(fd);
   }
@@ -676,8 +670,7 @@ TEST_CASE("relay hostile: into a pipe whose reader is slow, then gone: every byt
     const std::size_t total = 2 * mib;
     auto sender = [&]() -> task<void> {
       std::vector<std::byte> buf(total);
-      for (std::size_t i = 0; i < total; ++i)
-        buf[i] = pattern_at(i);
+      fill_pattern(buf, 0);
       require_ok(co_await a.client.write_all(buf));
       require_ok(a.client.shutdown_write());
     };
