@@ -187,8 +187,10 @@ const char* name(ending e) {
 
 } // namespace
 
-TEST_CASE("a bulk stream ends with a bundle given to two receives and the rest queued; its "
-          "leases outlive it: the next stream gets every buffer, none twice") {
+// (Catch2's console reporter indents a wrapped test name at its first ": ",
+// and aborts if that is past the line's width: keep it early.)
+TEST_CASE("stream ended: a bulk stream whose bundle went to two receives, the rest queued, "
+          "its leases outliving it; the next stream gets every buffer, none twice") {
   const int mode = GENERATE(0, 1, 2, 3);
   const ending end =
       GENERATE(ending::close, ending::peer_eof, ending::peer_reset, ending::take_some_then_close);
@@ -356,8 +358,8 @@ bool bytes_intact(const bulk_state& st, std::size_t size) {
 
 } // namespace
 
-TEST_CASE("a pool destroyed while a bulk stream has a bundle queued and leases out: the leases "
-          "stay valid, the memory goes with the last lease or stream") {
+TEST_CASE("pool destroyed: a bulk stream has a bundle queued and leases out; the leases stay "
+          "valid, the memory goes with the last lease or stream") {
   const int mode = GENERATE(0, 1, 2, 3);
   const bool leases_last = GENERATE(true, false);
   CAPTURE(mode, leases_last);
@@ -419,8 +421,8 @@ struct figures_at_teardown {
 };
 } // namespace
 
-TEST_CASE("a context destroyed with a bundle queued, leases held and a completion with data (INC: "
-          "IORING_CQE_F_BUF_MORE) not yet reaped: the pool's memory is freed") {
+TEST_CASE("context destroyed: a bundle queued, leases held, completions with data (with INC, "
+          "IORING_CQE_F_BUF_MORE) not yet reaped; the pool's memory is freed") {
   const int mode = GENERATE(0, 1, 2, 3);
   const bool pool_in_frame = GENERATE(true, false);
   const bool inc = (mode & 1) != 0;
@@ -543,8 +545,8 @@ TEST_CASE("INC: a stream closed while a completion with data for its half-filled
   CHECK(pool.available() == 8);
 }
 
-TEST_CASE("a pool destroyed and another made at once (same group id) while the old one's bulk "
-          "stream receives: the new pool lends every buffer") {
+TEST_CASE("pool replaced: another made at once (same group id) while the old one's bulk "
+          "stream receives; the new pool lends every buffer") {
   const int mode = GENERATE(0, 1, 2, 3);
   CAPTURE(mode);
   io_context ctx;
