@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -660,6 +661,81 @@ TEST_CASE("INC + bundles: a bundle that starts mid-buffer, the stream closed wit
     // With INC the last buffer may be part-filled: the next stream gets the
     // rest of it and every other buffer.
     co_await check_capacity(ctx, listener, pool, !inc, 25);
+  };
+  ctx.run(body());
+  CHECK(pool.available() == count);
+}
+
+TEST_CASE("random: bulk streams closed with bundles in flight or queued, leases kept across "
+          "streams and dropped at random; afterwards the pool lends every buffer") {
+  const bool inc = GENERATE(false, true);
+  CAPTURE(inc);
+  io_context ctx;
+  constexpr std::size_t count = 32;
+  constexpr std::size_t size = 1024;
+  buffer_pool pool(ctx, count, size, {.incremental = inc});
+  auto listener = loopback_listener(ctx);
+  std::mt19937 rng(20261128);
+  std::vector<buffer_lease> kept; // leases that outlive their streams
+  constexpr std::size_t max_kept = 12;
+  int bad = 0;
+  int done = 0;
+  auto receiver = [&](tcp_stream& server, std::uint64_t seed, std::size_t stop_at) -> task<void> {
+    std::size_t at = 0;
+    while (at < stop_at) {
+      auto l = co_await couring::with_timeout(server.receive(pool), scaled(5s));
+      if (!l || l->empty()) {
+        ++bad; // the sender sent more than stop_at: neither may happen
+        break;
+      }
+      for (std::byte x : l->data())
+        if (x != pattern_byte(seed, at++))
+          ++bad;
+      if (rng() % 3 == 0 && kept.size() < max_kept)
+        kept.push_back(std::move(*l));
+      if (!kept.empty() && rng() % 4 == 0)
+        kept.erase(kept.begin() + static_cast<long>(rng() % kept.size()));
+    }
+    // Closed with the rest of the sender's bytes in a bundle, queued, or
+    // still in the socket.
+    server.close();
+    ++done;
+  };
+  auto sender = [](tcp_stream& client, std::vector<std::byte> data) -> task<void> {
+    // Fails (reset) once the receiver has closed early: that is the point.
+    (void)co_await client.write_all(data);
+  };
+  auto body = [&]() -> task<void> {
+    for (int round = 0; round < 30; ++round) {
+      std::vector<connected_pair> pairs;
+      for (int i = 0; i < 4; ++i)
+        pairs.push_back(co_await connect_pair(ctx, listener));
+      done = 0;
+      for (int i = 0; i < 4; ++i) {
+        const std::uint64_t seed = static_cast<std::uint64_t>(round * 10 + i);
+        const std::size_t total = 4096 + rng() % (28 * 1024);
+        // Mostly closed part-way, bundles in flight; now and then at the very end.
+        const std::size_t stop_at = rng() % 4 == 0 ? total : 1 + rng() % total;
+        ctx.spawn(sender(pairs[i].client, pattern(seed, total)));
+        ctx.spawn(receiver(pairs[i].server, seed, stop_at));
+      }
+      auto all_done = [&] {
+        return done == 4;
+      };
+      const bool finished = co_await eventually(ctx, all_done);
+      REQUIRE(finished);
+      (void)co_await couring::sleep_for(ctx, 2ms);
+    }
+    CHECK(bad == 0);
+    kept.clear();
+    auto whole = [&] {
+      return pool.available() == count;
+    };
+    const bool back = co_await eventually(ctx, whole);
+    CHECK(back);
+    CHECK(pool.stats().pieces >= pool.stats().completions);
+    INFO("completions " << pool.stats().completions << ", pieces " << pool.stats().pieces);
+    co_await check_capacity(ctx, listener, pool, !pool.incremental(), 30);
   };
   ctx.run(body());
   CHECK(pool.available() == count);
