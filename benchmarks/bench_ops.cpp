@@ -62,22 +62,19 @@ void couring_nop(benchmark::State& state) {
 
 // The references (nop_references.hpp): the raw liburing loop, and the
 // least any coroutine API can do (no record, no result type, no checks).
-void raw_nop(benchmark::State& state) {
+void reference_nop(benchmark::State& state, long (*loop)(nop_references::ring&, int, long)) {
   const int in_flight = static_cast<int>(state.range(0));
   nop_references::ring r;
   const long total = static_cast<long>(in_flight) * ops_per_task;
   for (auto _ : state)
-    benchmark::DoNotOptimize(nop_references::raw_nop_loop(r, in_flight, total));
+    benchmark::DoNotOptimize(loop(r, in_flight, total));
   state.SetItemsProcessed(state.iterations() * total);
 }
-
+void raw_nop(benchmark::State& state) {
+  reference_nop(state, nop_references::raw_nop_loop);
+}
 void floor_nop(benchmark::State& state) {
-  const int in_flight = static_cast<int>(state.range(0));
-  nop_references::ring r;
-  const long total = static_cast<long>(in_flight) * ops_per_task;
-  for (auto _ : state)
-    benchmark::DoNotOptimize(nop_references::floor_nop_loop(r, in_flight, total));
-  state.SetItemsProcessed(state.iterations() * total);
+  reference_nop(state, nop_references::floor_nop_loop);
 }
 
 BENCHMARK(raw_nop)->Arg(1)->Arg(32)->UseRealTime();
