@@ -2,7 +2,9 @@
 //
 // 1. Operation overhead: `co_await nop(ctx)` against a hand-written liburing
 //    loop doing the same NOPs on a ring set up the same way, with 1 and with
-//    32 operations in flight. Reported per operation (items/s).
+//    32 operations in flight, and against the least a coroutine API can do
+//    (floor_nop: a coroutine per flow, no record, no checks; see
+//    nop_references.hpp). Reported per operation (items/s).
 // 2. One connection ping-pong over loopback TCP, 64 B and 4 KiB messages,
 //    like for like: in both pairs the echo server runs on a thread of its own
 //    pinned to one CPU and the client on the benchmark thread pinned to
@@ -30,6 +32,8 @@
 
 #include <couring/couring.hpp>
 
+#include "nop_references.hpp"
+
 namespace {
 
 constexpr int ops_per_task = 1024;
@@ -56,56 +60,25 @@ void couring_nop(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * in_flight * ops_per_task);
 }
 
-// The reference: what a careful hand-written liburing program does. Same
-// ring flags as couring's, one io_uring_submit_and_wait per turn, batched
-// reaping, user_data set on every SQE.
-struct raw_ring {
-  io_uring ring{};
-  raw_ring() {
-    io_uring_params p{};
-    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
-              IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE;
-    p.cq_entries = 1024;
-    if (io_uring_queue_init_params(256, &ring, &p) != 0)
-      throw std::runtime_error("io_uring_queue_init_params");
-    io_uring_register_ring_fd(&ring);
-  }
-  ~raw_ring() { io_uring_queue_exit(&ring); }
-};
-
-void raw_nop(benchmark::State& state) {
+// The references (nop_references.hpp): the raw liburing loop, and the
+// least any coroutine API can do (no record, no result type, no checks).
+void reference_nop(benchmark::State& state, long (*loop)(nop_references::ring&, int, long)) {
   const int in_flight = static_cast<int>(state.range(0));
-  raw_ring r;
+  nop_references::ring r;
   const long total = static_cast<long>(in_flight) * ops_per_task;
-  for (auto _ : state) {
-    long started = 0, done = 0;
-    for (; started < in_flight; ++started) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
-      io_uring_prep_nop(sqe);
-      io_uring_sqe_set_data64(sqe, static_cast<std::uint64_t>(started) + 1);
-    }
-    while (done < total) {
-      io_uring_submit_and_wait(&r.ring, 1);
-      unsigned head, seen = 0;
-      io_uring_cqe* cqe;
-      io_uring_for_each_cqe(&r.ring, head, cqe) {
-        ++seen;
-        benchmark::DoNotOptimize(cqe->res);
-        if (started < total) {
-          io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);
-          io_uring_prep_nop(sqe);
-          io_uring_sqe_set_data64(sqe, cqe->user_data);
-          ++started;
-        }
-      }
-      io_uring_cq_advance(&r.ring, seen);
-      done += seen;
-    }
-  }
+  for (auto _ : state)
+    benchmark::DoNotOptimize(loop(r, in_flight, total));
   state.SetItemsProcessed(state.iterations() * total);
+}
+void raw_nop(benchmark::State& state) {
+  reference_nop(state, nop_references::raw_nop_loop);
+}
+void floor_nop(benchmark::State& state) {
+  reference_nop(state, nop_references::floor_nop_loop);
 }
 
 BENCHMARK(raw_nop)->Arg(1)->Arg(32)->UseRealTime();
+BENCHMARK(floor_nop)->Arg(1)->Arg(32)->UseRealTime();
 BENCHMARK(couring_nop)->Arg(1)->Arg(32)->UseRealTime();
 
 // --- 2. One connection ping-pong -----------------------------------------------
