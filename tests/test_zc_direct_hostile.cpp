@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <stop_token>
@@ -98,7 +99,8 @@ TEST_CASE("zero-copy write_all stalled on a peer that never reads: the context's
   } // ~io_context: drain, then destroy the writer's frame
   const auto teardown = clock_type::now() - started;
   ::close(peer);
-  CHECK_FALSE(write_ended);
+  if (repeat == 0) // on epoll the 256 KiB fit into the send buffer: a copying send ends
+    CHECK_FALSE(write_ended);
   CHECK(gone); // not leaked: every CQE of the send, the notification too, came in
   CHECK(teardown < test_support::scaled(3000ms));
 }
@@ -157,8 +159,8 @@ TEST_CASE("zero-copy write_all resumes only once the peer holds every byte: the 
   constexpr std::size_t total = 1u << 20;
   std::vector<std::byte> data = pattern(33, total);
   const std::vector<std::byte> expect = data;
-  const int peer = raw_peer(listener, 4096); // a small window: the send queue holds the pages
-  timeval bound{.tv_sec = 5, .tv_usec = 0}; // the reader thread never hangs the test
+  const int peer = raw_peer(listener, 64 << 10); // a small window: the send queue holds the pages
+  timeval bound{.tv_sec = 5, .tv_usec = 0};      // the reader thread never hangs the test
   REQUIRE(::setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound) == 0);
   auto body = [&]() -> couring::task<void> {
     auto s = co_await listener.accept();
@@ -167,18 +169,29 @@ TEST_CASE("zero-copy write_all resumes only once the peer holds every byte: the 
     ::setsockopt(s->native_handle(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     // A reader on its own thread that starts late and reads slowly.
     std::vector<std::byte> got(total);
+    std::atomic<std::size_t> peer_got{0};
     test_support::joining_thread reader([&] {
       std::this_thread::sleep_for(100ms);
-      std::size_t n = 0;
-      while (n < total) {
-        const auto r = ::read(peer, got.data() + n, std::min<std::size_t>(16384, total - n));
+      while (peer_got < total) {
+        const auto r =
+            ::read(peer, got.data() + peer_got, std::min<std::size_t>(16384, total - peer_got));
         if (r <= 0)
           break;
-        n += static_cast<std::size_t>(r);
+        peer_got += static_cast<std::size_t>(r);
       }
     });
     auto w = s->write_all(data);
+    bool done = false;
+    auto watchdog = [&]() -> couring::task<void> {
+      co_await couring::sleep_for(ctx, 10s); // bounded even if the send never ends
+      if (!done)
+        s->close();
+    };
+    auto wd = watchdog();
+    ctx.spawn(std::move(wd));
     auto r = co_await w;
+    done = true;
+    INFO("sent " << w.transferred() << ", the peer got " << peer_got.load());
     require_ok(r);
     if (ctx.features().backend == couring::backend::io_uring)
       CHECK((w.cqe_flags & IORING_CQE_F_NOTIF) != 0);
@@ -305,7 +318,8 @@ TEST_CASE("direct descriptors: a stream closed with a read and a write_all in fl
       CHECK(rr.error() == std::errc::operation_canceled);
       REQUIRE(!wr);
       CHECK(wr.error() == std::errc::operation_canceled);
-      CHECK(std::all_of(std::begin(rbuf), std::end(rbuf), [](std::byte b) { return b == std::byte{0}; }));
+      CHECK(std::all_of(std::begin(rbuf), std::end(rbuf),
+                        [](std::byte b) { return b == std::byte{0}; }));
       // The new stream's writes go to c2, never to c1.
       require_ok(co_await s2->write_all(msg));
       auto back = co_await couring::with_timeout(c2->read_exactly(got), 2s);
