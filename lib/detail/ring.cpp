@@ -809,6 +809,12 @@ void ring::drain() noexcept {
   draining_ = true;
   if (broken_ || foreign())
     return; // no CQE can be trusted, or none is ours to reap
+  // Zero-copy sends waiting for their notification have no request left to
+  // cancel: a peer that does not read would keep their pages (and the
+  // frames) for ever. Resetting the connection frees them at once; sends
+  // still in flight are reset by transfer_all when their data CQE comes.
+  for (zero_copy_wait* w = zero_copy_waits_; w != nullptr; w = w->next)
+    reset_connection(w->op->object->fd);
   submit_now();
   using clock = std::chrono::steady_clock;
   const auto give_up = clock::now() + std::chrono::seconds(10);

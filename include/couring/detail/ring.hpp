@@ -99,6 +99,16 @@ inline __kernel_timespec to_timespec(std::chrono::nanoseconds t) noexcept {
 // set (records are at least 8-byte aligned), so both CQEs find the same record.
 inline constexpr std::uint64_t link_timeout_tag = 1;
 
+// A zero-copy send whose data CQE is in and whose notification is not: the
+// kernel holds the pages until the connection lets them go, which a peer that
+// does not read can put off for ever. The ring keeps these in a list so that
+// its teardown can reset their connections (transfer_all.hpp).
+struct zero_copy_wait {
+  operation* op = nullptr;
+  zero_copy_wait* prev = nullptr;
+  zero_copy_wait* next = nullptr;
+};
+
 // One direction of an I/O object. `active` holds the side from the start of
 // its first request to its completion (a compound operation holds it across
 // all its requests); later operations wait in a FIFO and are issued in turn.
@@ -201,6 +211,24 @@ public:
   int ensure_file_table() noexcept;
   // Empties a slot of the file table (IORING_OP_CLOSE with file_index).
   void close_direct(int slot) noexcept;
+  // A zero-copy send waits for its notification (w->op set first) / no
+  // longer does (w->op cleared: unlinking twice is harmless).
+  void link_zero_copy_wait(zero_copy_wait* w) noexcept {
+    w->prev = nullptr;
+    w->next = zero_copy_waits_;
+    if (zero_copy_waits_ != nullptr)
+      zero_copy_waits_->prev = w;
+    zero_copy_waits_ = w;
+  }
+  void unlink_zero_copy_wait(zero_copy_wait* w) noexcept {
+    if (w->op == nullptr)
+      return; // not linked (its data CQE came while the ring was torn down)
+    w->op = nullptr;
+    (w->prev != nullptr ? w->prev->next : zero_copy_waits_) = w->next;
+    if (w->next != nullptr)
+      w->next->prev = w->prev;
+    w->prev = w->next = nullptr;
+  }
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -494,6 +522,7 @@ private:
   unsigned wait_batch_ = 1;
   unsigned wait_batch_usec_ = 0;
 
+  zero_copy_wait* zero_copy_waits_ = nullptr;
   operation* posted_head_ = nullptr;
   operation* posted_tail_ = nullptr;
 
