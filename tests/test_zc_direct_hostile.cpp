@@ -329,3 +329,40 @@ TEST_CASE("direct descriptors: a stream closed with a read and a write_all in fl
   };
   ctx.run(body());
 }
+
+TEST_CASE("direct descriptors with single-shot accepts (multishot_accept off): real slots, "
+          "contents checked") {
+  couring::io_context_options options;
+  options.multishot_accept = false;
+  options.direct_descriptor_slots = 8;
+  couring::io_context ctx(options);
+  auto listener = direct_listener(ctx);
+  const int fds_before = static_cast<int>(test_support::open_fd_count());
+  auto body = [&]() -> couring::task<void> {
+    for (std::uint64_t i = 0; i < 20; ++i) {
+      auto c = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+      require_ok(c);
+      auto s = co_await couring::with_timeout(listener.accept(), 3s);
+      require_ok(s);
+      CHECK(s->is_direct() == direct_expected(ctx));
+      if (s->is_direct()) {
+        // A slot of the 8-slot table, not a descriptor number.
+        CHECK(s->handle().fd() >= 0);
+        CHECK(s->handle().fd() < 8);
+      }
+      const auto msg = pattern(200 + i, 3000);
+      require_ok(co_await c->write_all(msg));
+      std::vector<std::byte> got(msg.size());
+      auto r = co_await couring::with_timeout(s->read_exactly(got), 2s);
+      require_ok(r);
+      CHECK(got == msg);
+      require_ok(co_await s->write_all(msg));
+      auto back = co_await couring::with_timeout(c->read_exactly(got), 2s);
+      require_ok(back);
+      CHECK(got == msg);
+    }
+  };
+  ctx.run(body());
+  // Accepted connections live in the table: no descriptor was leaked.
+  CHECK(static_cast<int>(test_support::open_fd_count()) <= fds_before);
+}
