@@ -183,7 +183,10 @@ void acceptor::arm() {
   else if (multishot_)
     io_uring_prep_multishot_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   else if (direct_)
-    io_uring_prep_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC);
+    // liburing 2.3 encodes file_index + 1, which turns IORING_FILE_INDEX_ALLOC
+    // into 0 -- a plain accept. ALLOC - 1 gets ALLOC, as its multishot helper does.
+    io_uring_prep_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0,
+                                IORING_FILE_INDEX_ALLOC - 1);
   else
     io_uring_prep_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   ring_->arm(sqe, &accept_op_);
