@@ -372,6 +372,7 @@ int ring::ensure_file_table() noexcept {
 }
 
 void ring::close_direct(int slot) noexcept {
+  --direct_slots_used_;
   try {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_close_direct(sqe, static_cast<unsigned>(slot));

@@ -211,6 +211,18 @@ public:
   int ensure_file_table() noexcept;
   // Empties a slot of the file table (IORING_OP_CLOSE with file_index).
   void close_direct(int slot) noexcept;
+  // Slots of the file table not taken by a direct descriptor nor promised to
+  // an accept in flight. The kernel accepts a connection before it looks for
+  // a slot, and drops the connection if there is none: a listener accepts
+  // into the table only while this says a slot is there (acceptor.cpp).
+  unsigned free_direct_slots() const noexcept {
+    return file_table_ ? file_table_slots_ - direct_slots_used_ : 0;
+  }
+  // A slot is taken (or promised: +1), or a promise is withdrawn (-1).
+  // close_direct gives a taken slot back.
+  void count_direct_slots(int delta) noexcept {
+    direct_slots_used_ += static_cast<unsigned>(delta);
+  }
   // A zero-copy send waits for its notification (w->op set first) / no
   // longer does (w->op cleared: unlinking twice is harmless).
   void link_zero_copy_wait(zero_copy_wait* w) noexcept {
@@ -509,6 +521,7 @@ private:
   const void* owner_tp_ = thread_pointer();
   std::size_t zero_copy_threshold_ = 0;
   unsigned file_table_slots_ = 0;
+  unsigned direct_slots_used_ = 0; // see free_direct_slots
   bool file_table_ = false;
   bool buffers_registered_ = false; // epoll: the kernel's one-set-per-ring rule, kept
   bool draining_ = false;
