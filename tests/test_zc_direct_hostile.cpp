@@ -10,11 +10,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <stop_token>
 #include <thread>
 #include <vector>
 
 #include <netinet/in.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -365,4 +367,42 @@ TEST_CASE("direct descriptors with single-shot accepts (multishot_accept off): r
   ctx.run(body());
   // Accepted connections live in the table: no descriptor was leaked.
   CHECK(static_cast<int>(test_support::open_fd_count()) <= fds_before);
+}
+
+// --- registered buffers --------------------------------------------------------------
+
+TEST_CASE("registered buffers: an operation made before its buffers were unregistered fails "
+          "with not_registered, and nothing lands in the memory mapped there since") {
+  couring::io_context ctx;
+  auto bufs = std::make_unique<couring::registered_buffers>(ctx, 1, 4096);
+  auto ends = couring::pipe(ctx);
+  require_ok(ends);
+  auto& rd = ends->first;
+  auto& wr = ends->second;
+  auto body = [&]() -> couring::task<void> {
+    auto stale_read = couring::read_fixed(rd, *bufs, bufs->buffer(0));
+    void* const old = bufs->buffer(0).data();
+    bufs.reset(); // unregistered, unmapped
+    // A canary where the buffer was: memory the process has reused.
+    void* p = ::mmap(old, 4096, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    REQUIRE(p == old);
+    std::memset(p, 0xA5, 4096);
+    const auto msg = pattern(51, 100);
+    require_ok(co_await wr.write_all(msg)); // something to read right away
+    auto r = co_await stale_read;
+    const bool intact = std::all_of(static_cast<std::byte*>(p), static_cast<std::byte*>(p) + 4096,
+                                    [](std::byte b) { return b == std::byte{0xA5}; });
+    ::munmap(p, 4096);
+    REQUIRE(!r);
+    CHECK(r.error() == couring::error::not_registered);
+    CHECK(intact);
+    // A new set works, and the bytes are all still in the pipe.
+    couring::registered_buffers fresh(ctx, 1, 4096);
+    auto n = co_await couring::read_fixed(rd, fresh, fresh.buffer(0));
+    require_ok(n);
+    REQUIRE(*n == msg.size());
+    CHECK(std::memcmp(fresh.buffer(0).data(), msg.data(), msg.size()) == 0);
+  };
+  ctx.run(body());
 }
