@@ -154,6 +154,44 @@ TEST_CASE("zero-copy write_all with_stop_token: stopped while stalled, ends once
   CHECK(resumed == 1);
 }
 
+TEST_CASE("zero-copy write_all closed while stalled: transferred() counts every byte the peer "
+          "received") {
+  couring::io_context ctx(zero_copy_from(16 * 1024));
+  auto listener = test_support::loopback_listener(ctx);
+  const std::vector<std::byte> data = pattern(34, 64u << 20); // far more than the buffers hold
+  auto body = [&]() -> couring::task<void> {
+    auto p = co_await test_support::connect_pair(ctx, listener);
+    auto closer = [&]() -> couring::task<void> {
+      co_await couring::sleep_for(ctx, 100ms);
+      p.client.close();
+    };
+    auto ct = closer();
+    ctx.spawn(std::move(ct));
+    auto w = p.client.write_all(data);
+    auto r = co_await w;
+    REQUIRE(!r);
+    CHECK(r.error() == std::errc::operation_canceled);
+    // What the peer gets: a prefix of data, then the reset (or the end).
+    std::vector<std::byte> got(1 << 20);
+    std::size_t received = 0;
+    bool prefix = true;
+    for (;;) {
+      auto n = co_await couring::with_timeout(p.server.read(got), 1s);
+      if (!n || *n == 0)
+        break;
+      if (received + *n > data.size() || std::memcmp(got.data(), data.data() + received, *n) != 0)
+        prefix = false;
+      received += *n;
+    }
+    INFO("received " << received << ", transferred() " << w.transferred());
+    CHECK(prefix);
+    CHECK(received > 0);
+    CHECK(w.transferred() >= received); // the kernel took at least what arrived
+    CHECK(w.transferred() < data.size());
+  };
+  ctx.run(body());
+}
+
 TEST_CASE("zero-copy write_all resumes only once the peer holds every byte: the buffer "
           "overwritten at once changes nothing the peer reads") {
   couring::io_context ctx(zero_copy_from(16 * 1024));
