@@ -285,17 +285,23 @@ int ring::unregister_buffer_ring(unsigned bgid) {
 }
 
 int ring::register_buffers(const iovec* iovecs, unsigned n) {
-  if (emu_ == nullptr)
-    return io_uring_register_buffers(&ring_, iovecs, n);
+  if (emu_ == nullptr) {
+    const int err = io_uring_register_buffers(&ring_, iovecs, n);
+    if (err == 0)
+      ++buffers_generation_;
+    return err;
+  }
   // On epoll READ_FIXED/WRITE_FIXED are plain reads and writes at sqe->addr:
   // nothing to pin, but one set per ring as on io_uring (EBUSY).
   if (buffers_registered_)
     return -EBUSY;
   buffers_registered_ = true;
+  ++buffers_generation_;
   return 0;
 }
 
 int ring::unregister_buffers() {
+  ++buffers_generation_;
   if (emu_ == nullptr)
     return io_uring_unregister_buffers(&ring_);
   if (!buffers_registered_)

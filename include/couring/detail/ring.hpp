@@ -191,6 +191,10 @@ public:
   // Fixed buffers: on epoll, READ_FIXED/WRITE_FIXED are plain reads/writes.
   int register_buffers(const iovec* iovecs, unsigned n);
   int unregister_buffers();
+  // Changes with every registration and unregistration of fixed buffers: a
+  // fixed operation made for one set is refused once that set is gone (on
+  // epoll it would read into whatever memory is there now).
+  std::uint32_t buffers_generation() const noexcept { return buffers_generation_; }
   // A sparse direct-descriptor table: -EOPNOTSUPP on epoll (use plain fds).
   int register_files_sparse(unsigned n);
   // The ring's descriptor (-1 when the ring is not an io_uring), the target
@@ -523,6 +527,7 @@ private:
   unsigned file_table_slots_ = 0;
   unsigned direct_slots_used_ = 0; // see free_direct_slots
   bool file_table_ = false;
+  std::uint32_t buffers_generation_ = 0;
   bool buffers_registered_ = false; // epoll: the kernel's one-set-per-ring rule, kept
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
