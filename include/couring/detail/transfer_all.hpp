@@ -47,7 +47,9 @@ public:
 
   bool await_ready() const noexcept { return buf_.empty(); }
   result<void> await_resume() noexcept {
-    if (done_ == buf_.size())
+    // (A zero-copy part aborted after the kernel took all of it counts in
+    // done_, but the operation was cancelled: res says so.)
+    if (done_ == buf_.size() && this->res >= 0)
       return {};
     if (this->res < 0)
       return errno_code(this->res);
@@ -86,6 +88,10 @@ private:
       op->res = self->zc_res_;
       op->cancel_fn = nullptr;
       if (self->aborted_) {
+        // The kernel took these bytes (the reset may have dropped some of
+        // them before the peer read them): transferred() counts them.
+        if (self->zc_res_ > 0)
+          self->done_ += static_cast<std::size_t>(self->zc_res_);
         op->res = -ECANCELED;
         op->owner_ring->finish(op);
         return;
