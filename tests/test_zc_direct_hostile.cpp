@@ -192,6 +192,70 @@ TEST_CASE("zero-copy write_all closed while stalled: transferred() counts every 
   ctx.run(body());
 }
 
+TEST_CASE("zero-copy write_all with_timeout between the data CQE and the notification: "
+          "timed_out once, the connection reset, nothing left in the ring") {
+  couring::io_context ctx(zero_copy_from(16 * 1024));
+  auto listener = test_support::loopback_listener(ctx);
+  const std::vector<std::byte> data = pattern(35, 256u << 10);
+  const int peer = raw_peer(listener, 4096); // never reads: the pages stay queued
+  int resumed = 0;
+  auto body = [&]() -> couring::task<void> {
+    auto s = co_await listener.accept();
+    require_ok(s);
+    const int sndbuf = 4 << 20; // the whole buffer is queued at once: the data CQE comes
+    ::setsockopt(s->native_handle(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    const std::size_t background = ctx.submitted_requests();
+    const auto before = clock_type::now();
+    auto r = co_await couring::with_timeout(s->write_all(data), 200ms);
+    ++resumed;
+    CHECK(clock_type::now() - before < test_support::scaled(3000ms));
+    CHECK(ctx.submitted_requests() == background);
+    if (ctx.features().backend == couring::backend::io_uring) {
+      REQUIRE(!r);
+      CHECK(r.error() == std::errc::timed_out);
+      // The pages were got back by a reset: the peer reads some bytes of
+      // data, in order, then the reset.
+      std::vector<std::byte> got(data.size());
+      std::size_t n = 0;
+      ssize_t k = 0;
+      while ((k = ::recv(peer, got.data() + n, got.size() - n, MSG_DONTWAIT)) > 0)
+        n += static_cast<std::size_t>(k);
+      CHECK(k < 0);
+      CHECK(errno == ECONNRESET);
+      CHECK(n < data.size());
+      CHECK(std::memcmp(got.data(), data.data(), n) == 0);
+    } else {
+      require_ok(r); // epoll: a copying send, done once queued
+    }
+    // The same cut by a close, on a named awaitable: the kernel took the
+    // whole buffer (the data CQE said so) before the close came.
+    const int peer2 = raw_peer(listener, 4096);
+    auto s2 = co_await listener.accept();
+    require_ok(s2);
+    ::setsockopt(s2->native_handle(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    auto closer = [&]() -> couring::task<void> {
+      co_await couring::sleep_for(ctx, 200ms);
+      s2->close();
+    };
+    auto ct = closer();
+    ctx.spawn(std::move(ct));
+    auto w = s2->write_all(data);
+    auto r2 = co_await w;
+    ::close(peer2);
+    if (ctx.features().backend == couring::backend::io_uring) {
+      REQUIRE(!r2);
+      CHECK(r2.error() == std::errc::operation_canceled);
+      CHECK(w.transferred() == data.size());
+      CHECK(w.outstanding == 0);
+    } else {
+      require_ok(r2);
+    }
+  };
+  ctx.run(body());
+  ::close(peer);
+  CHECK(resumed == 1);
+}
+
 TEST_CASE("zero-copy write_all resumes only once the peer holds every byte: the buffer "
           "overwritten at once changes nothing the peer reads") {
   couring::io_context ctx(zero_copy_from(16 * 1024));
