@@ -412,6 +412,49 @@ TEST_CASE("fixed reads/writes and zero-copy sends allocate nothing per operation
   CHECK(zero_copy == 0);
 }
 
+TEST_CASE("direct descriptors: accept, read, write_all and close allocate nothing per "
+          "operation (plain descriptors on epoll)") {
+  couring::io_context_options options;
+  options.direct_descriptor_slots = 8; // single-shot accepts that hold their slot
+  io_context ctx(options);
+  couring::listen_options lo;
+  lo.direct_descriptors = true;
+  auto listener = test_support::loopback_listener(ctx, lo);
+  std::size_t echo = 0, cycle = 0;
+  int failures = 0;
+  auto body = [&]() -> task<void> {
+    auto pair = co_await test_support::connect_pair(ctx, listener);
+    if (pair.server.is_direct() != (ctx.features().backend == couring::backend::io_uring))
+      ++failures;
+    std::byte out[64]{}, in[64];
+    COUNT_STEADY(echo, {
+      if (!co_await pair.client.write_all(out) || !co_await pair.server.read_exactly(in) ||
+          !co_await pair.server.write_all(in) || !co_await pair.client.read_exactly(out))
+        ++failures;
+    });
+    // A slot taken and given back per connection (the connect's own
+    // coroutine frame is counted apart: it is the client's, not the slot's).
+    std::size_t connects = 0, before = 0;
+    for (int i = 0; i <= iterations; ++i) {
+      if (i == 1) // the first round sets up what is reused (records, the slot)
+        before = allocations.load();
+      const std::size_t a = allocations.load();
+      auto c = co_await couring::tcp_stream::connect(ctx, listener.local_endpoint());
+      if (i >= 1)
+        connects += allocations.load() - a;
+      auto s = co_await listener.accept();
+      if (!c || !s || !co_await c->write_all(out) || !co_await s->read_exactly(in))
+        ++failures;
+    }
+    cycle = allocations.load() - before - connects;
+  };
+  ctx.run(body());
+  CHECK(failures == 0);
+  INFO("echo " << echo << ", accept+close " << cycle << " in " << iterations << " iterations");
+  CHECK(echo == 0);
+  CHECK(cycle == 0);
+}
+
 TEST_CASE("relay: 1,000 relays of 64 bytes on one stream allocate nothing per relay") {
   io_context ctx;
   auto listener = test_support::loopback_listener(ctx);

@@ -15,7 +15,9 @@
 // a time: a second registered_buffers on the same context throws
 // std::system_error (EBUSY) until the first is destroyed. The memory belongs
 // to the object: destroy it only once no fixed operation on it is in flight
-// (like any buffer an operation uses).
+// (like any buffer an operation uses). An operation made before its set was
+// destroyed (or replaced by another) and started after fails with
+// error::not_registered.
 //
 // Streams: read_fixed/write_fixed move up to the span's size (the count may
 // be short) with the stream's read/write order rules. On a socket the
@@ -87,9 +89,11 @@ public:
       : base(h.ring_ptr(), h.state(), side_for(h, bufs, buf)), buf_(buf), offset_(offset),
         index_(bufs.ring_ptr() == h.ring_ptr() || h.ring_ptr() == nullptr
                    ? bufs.index_of(buf.data(), buf.size())
-                   : -1) {}
+                   : -1),
+        buffers_generation_(bufs.ring_ptr()->buffers_generation()) {}
   fixed_awaitable(fixed_awaitable&& o) noexcept
-      : base(std::move(o)), buf_(o.buf_), offset_(o.offset_), index_(o.index_) {}
+      : base(std::move(o)), buf_(o.buf_), offset_(o.offset_), index_(o.index_),
+        buffers_generation_(o.buffers_generation_) {}
 
   // A buffer outside the registered ones fails here, before any request
   // (a closed or never-opened object reports that instead). Both ways in:
@@ -117,7 +121,11 @@ public:
 
 private:
   bool rejected() noexcept {
-    if (index_ >= 0 || this->object == nullptr || this->object->closed)
+    if (this->object == nullptr || this->object->closed)
+      return false; // EBADF or operation_canceled, as for any operation
+    // Inside a buffer of a set that is still registered (unregistering, or
+    // registering another set, changes the ring's generation).
+    if (index_ >= 0 && this->owner_ring->buffers_generation() == buffers_generation_)
       return false;
     not_registered_ = true;
     this->side = nullptr; // waits nowhere
@@ -133,6 +141,7 @@ private:
   span_type buf_;
   std::uint64_t offset_;
   int index_;
+  std::uint32_t buffers_generation_; // the ring's, when the buffers were bufs
   bool not_registered_ = false;
 };
 

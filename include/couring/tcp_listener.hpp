@@ -30,7 +30,10 @@ struct listen_options {
   // lookups per request, no descriptor limit. The streams are is_direct():
   // no socket options, addresses or shutdown_write on them (they fail with
   // error::direct_descriptor). io_context_options::direct_descriptor_slots
-  // bounds how many are open at once (beyond: accept fails with ENFILE).
+  // bounds how many are open at once: while the table is full, accept()
+  // waits and connections stay in the kernel's backlog (bound the wait with
+  // with_timeout); it goes on as soon as a stream is closed. Ignored on the
+  // epoll backend (plain descriptors).
   bool direct_descriptors = false;
 };
 

@@ -16,6 +16,15 @@ namespace {
 constexpr std::size_t max_queued = 128;
 constexpr unsigned first_backoff_ms = 10;
 constexpr unsigned max_backoff_ms = 1000;
+// Direct descriptors: the kernel accepts a connection first and looks for a
+// slot of the file table afterwards; with none free the connection is
+// dropped (the client sees it reset). So an accept is armed only with a slot
+// free for it, and single-shot (holding that slot) once few are left: one
+// wake-up of a multishot accept takes every connection in the backlog. Above
+// this many free slots a burst is assumed not to exhaust them.
+constexpr unsigned direct_multishot_margin = 1024;
+// How often a listener whose file table is full looks at it again.
+constexpr unsigned slot_wait_ms = 5;
 } // namespace
 
 // --- listener_core -------------------------------------------------------------
@@ -176,19 +185,53 @@ void acceptor::remove_waiter(accept_waiter* w) noexcept {
 }
 
 void acceptor::arm() {
+  bool multishot = multishot_;
+  if (direct_) {
+    const unsigned free = ring_->free_direct_slots();
+    if (free == 0) {
+      // The table is full: connections wait in the kernel's backlog (an
+      // accept now would only have them dropped) until a slot is free.
+      start_backoff(slot_wait_ms);
+      return;
+    }
+    if (free <= direct_multishot_margin)
+      multishot = false;
+  }
   io_uring_sqe* sqe = ring_->get_sqe();
   // Direct: no SOCK_CLOEXEC (the kernel refuses it: a slot is no descriptor).
-  if (multishot_ && direct_)
+  if (multishot && direct_)
     io_uring_prep_multishot_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0);
-  else if (multishot_)
+  else if (multishot)
     io_uring_prep_multishot_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   else if (direct_)
-    io_uring_prep_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0, IORING_FILE_INDEX_ALLOC);
+    // liburing 2.3 encodes file_index + 1, which turns IORING_FILE_INDEX_ALLOC
+    // into 0 -- a plain accept. ALLOC - 1 gets ALLOC, as its multishot helper does.
+    io_uring_prep_accept_direct(sqe, handle_.fd(), nullptr, nullptr, 0,
+                                IORING_FILE_INDEX_ALLOC - 1);
   else
     io_uring_prep_accept(sqe, handle_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
   ring_->arm(sqe, &accept_op_);
   ring_->count_internal(+1);
   state_ = state::accepting;
+  if (direct_ && !multishot) {
+    ring_->count_direct_slots(+1); // its connection's slot, promised
+    slot_promised_ = true;
+  }
+}
+
+void acceptor::count_slot(int res, bool more) noexcept {
+  if (!direct_)
+    return;
+  if (slot_promised_) {
+    if (more)
+      return;
+    slot_promised_ = false;
+    if (res < 0)
+      ring_->count_direct_slots(-1); // no connection came: the promise is withdrawn
+    // (res >= 0: the promised slot is the connection's now.)
+  } else if (res >= 0) {
+    ring_->count_direct_slots(+1); // a multishot accept's connection
+  }
 }
 
 void acceptor::request_ended() noexcept {
@@ -197,9 +240,10 @@ void acceptor::request_ended() noexcept {
     ring_->count_internal(-1);
 }
 
-void acceptor::start_backoff() noexcept {
-  backoff_ms_ = backoff_ms_ == 0 ? first_backoff_ms : std::min(backoff_ms_ * 2, max_backoff_ms);
-  backoff_op_.ts = to_timespec(std::chrono::milliseconds(backoff_ms_));
+void acceptor::start_backoff(unsigned fixed_ms) noexcept {
+  if (fixed_ms == 0)
+    backoff_ms_ = backoff_ms_ == 0 ? first_backoff_ms : std::min(backoff_ms_ * 2, max_backoff_ms);
+  backoff_op_.ts = to_timespec(std::chrono::milliseconds(fixed_ms != 0 ? fixed_ms : backoff_ms_));
   try {
     io_uring_sqe* sqe = ring_->get_sqe();
     io_uring_prep_timeout(sqe, &backoff_op_.ts, 0, 0);
@@ -244,6 +288,7 @@ void acceptor::on_accept(operation* op) noexcept {
   const int res = op->res;
   const bool more = (op->cqe_flags & IORING_CQE_F_MORE) != 0;
   const bool was_pausing = self->state_ == state::pausing;
+  self->count_slot(res, more);
   if (!more)
     self->request_ended();
   self->dispatching_ = true;
@@ -253,8 +298,12 @@ void acceptor::on_accept(operation* op) noexcept {
       self->discard(res); // nobody will take it
     } else {
       self->hand_out(res);
-      if (more && self->queued_ >= max_queued && self->state_ == state::accepting) {
-        self->state_ = state::pausing; // accepted far ahead: let the backlog hold the rest
+      // Accepted far ahead (let the backlog hold the rest), or direct with
+      // few slots left (go on single-shot, see arm).
+      if (more && self->state_ == state::accepting &&
+          (self->queued_ >= max_queued ||
+           (self->direct_ && self->ring_->free_direct_slots() <= direct_multishot_margin))) {
+        self->state_ = state::pausing;
         self->ring_->cancel(&self->accept_op_);
       }
     }
@@ -276,6 +325,7 @@ void acceptor::on_accept(operation* op) noexcept {
 
 void acceptor::on_accept_abandoned(operation* op) noexcept {
   acceptor* self = static_cast<accept_record*>(op)->owner;
+  self->count_slot(op->res, (op->cqe_flags & IORING_CQE_F_MORE) != 0);
   if (op->res >= 0)
     self->discard(op->res); // teardown: nobody will take it
   if ((op->cqe_flags & IORING_CQE_F_MORE) == 0)

@@ -14,7 +14,8 @@
 //                CQE arrives
 //   backing_off  the request ended with an error (EMFILE, ENFILE, ENOMEM...);
 //                a timer runs before it is armed again, so that a persistent
-//                error never spins
+//                error never spins. Also: direct descriptors with the file
+//                table full (a short timer, then a look at the table again)
 //
 // The request is armed only while someone waits in accept() (or a queued
 // result is taken), and re-armed when the kernel ends it. The record lives on
@@ -65,7 +66,12 @@ private:
   static void on_waiter_cancel(operation* op) noexcept;
   void request_ended() noexcept;
   void arm();
-  void start_backoff() noexcept;
+  // fixed_ms != 0: wait that long, without growing the back-off (waiting
+  // for a slot of the file table, which is no error).
+  void start_backoff(unsigned fixed_ms = 0) noexcept;
+  // Direct descriptors: the table's count of used slots follows each
+  // accept's CQE (see arm).
+  void count_slot(int res, bool more) noexcept;
   void rearm_if_waited_for() noexcept;
   void hand_out(int res) noexcept;
   void end_waiter(accept_waiter* w, int err) noexcept;
@@ -92,6 +98,7 @@ private:
   bool dispatching_ = false; // a resumed waiter may close the listener meanwhile
   bool multishot_;
   bool direct_;
+  bool slot_promised_ = false; // a single-shot direct accept in flight holds a slot for itself
   unsigned backoff_ms_ = 0;
   std::unique_ptr<int[]> queue_;
   std::size_t first_ = 0;

@@ -285,17 +285,23 @@ int ring::unregister_buffer_ring(unsigned bgid) {
 }
 
 int ring::register_buffers(const iovec* iovecs, unsigned n) {
-  if (emu_ == nullptr)
-    return io_uring_register_buffers(&ring_, iovecs, n);
+  if (emu_ == nullptr) {
+    const int err = io_uring_register_buffers(&ring_, iovecs, n);
+    if (err == 0)
+      ++buffers_generation_;
+    return err;
+  }
   // On epoll READ_FIXED/WRITE_FIXED are plain reads and writes at sqe->addr:
   // nothing to pin, but one set per ring as on io_uring (EBUSY).
   if (buffers_registered_)
     return -EBUSY;
   buffers_registered_ = true;
+  ++buffers_generation_;
   return 0;
 }
 
 int ring::unregister_buffers() {
+  ++buffers_generation_;
   if (emu_ == nullptr)
     return io_uring_unregister_buffers(&ring_);
   if (!buffers_registered_)
@@ -372,6 +378,7 @@ int ring::ensure_file_table() noexcept {
 }
 
 void ring::close_direct(int slot) noexcept {
+  --direct_slots_used_;
   try {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_close_direct(sqe, static_cast<unsigned>(slot));
@@ -809,6 +816,12 @@ void ring::drain() noexcept {
   draining_ = true;
   if (broken_ || foreign())
     return; // no CQE can be trusted, or none is ours to reap
+  // Zero-copy sends waiting for their notification have no request left to
+  // cancel: a peer that does not read would keep their pages (and the
+  // frames) for ever. Resetting the connection frees them at once; sends
+  // still in flight are reset by transfer_all when their data CQE comes.
+  for (zero_copy_wait* w = zero_copy_waits_; w != nullptr; w = w->next)
+    reset_connection(w->op->object->fd);
   submit_now();
   using clock = std::chrono::steady_clock;
   const auto give_up = clock::now() + std::chrono::seconds(10);

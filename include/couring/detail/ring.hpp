@@ -99,6 +99,16 @@ inline __kernel_timespec to_timespec(std::chrono::nanoseconds t) noexcept {
 // set (records are at least 8-byte aligned), so both CQEs find the same record.
 inline constexpr std::uint64_t link_timeout_tag = 1;
 
+// A zero-copy send whose data CQE is in and whose notification is not: the
+// kernel holds the pages until the connection lets them go, which a peer that
+// does not read can put off for ever. The ring keeps these in a list so that
+// its teardown can reset their connections (transfer_all.hpp).
+struct zero_copy_wait {
+  operation* op = nullptr;
+  zero_copy_wait* prev = nullptr;
+  zero_copy_wait* next = nullptr;
+};
+
 // One direction of an I/O object. `active` holds the side from the start of
 // its first request to its completion (a compound operation holds it across
 // all its requests); later operations wait in a FIFO and are issued in turn.
@@ -181,6 +191,10 @@ public:
   // Fixed buffers: on epoll, READ_FIXED/WRITE_FIXED are plain reads/writes.
   int register_buffers(const iovec* iovecs, unsigned n);
   int unregister_buffers();
+  // Changes with every registration and unregistration of fixed buffers: a
+  // fixed operation made for one set is refused once that set is gone (on
+  // epoll it would read into whatever memory is there now).
+  std::uint32_t buffers_generation() const noexcept { return buffers_generation_; }
   // A sparse direct-descriptor table: -EOPNOTSUPP on epoll (use plain fds).
   int register_files_sparse(unsigned n);
   // The ring's descriptor (-1 when the ring is not an io_uring), the target
@@ -201,6 +215,36 @@ public:
   int ensure_file_table() noexcept;
   // Empties a slot of the file table (IORING_OP_CLOSE with file_index).
   void close_direct(int slot) noexcept;
+  // Slots of the file table not taken by a direct descriptor nor promised to
+  // an accept in flight. The kernel accepts a connection before it looks for
+  // a slot, and drops the connection if there is none: a listener accepts
+  // into the table only while this says a slot is there (acceptor.cpp).
+  unsigned free_direct_slots() const noexcept {
+    return file_table_ ? file_table_slots_ - direct_slots_used_ : 0;
+  }
+  // A slot is taken (or promised: +1), or a promise is withdrawn (-1).
+  // close_direct gives a taken slot back.
+  void count_direct_slots(int delta) noexcept {
+    direct_slots_used_ += static_cast<unsigned>(delta);
+  }
+  // A zero-copy send waits for its notification (w->op set first) / no
+  // longer does (w->op cleared: unlinking twice is harmless).
+  void link_zero_copy_wait(zero_copy_wait* w) noexcept {
+    w->prev = nullptr;
+    w->next = zero_copy_waits_;
+    if (zero_copy_waits_ != nullptr)
+      zero_copy_waits_->prev = w;
+    zero_copy_waits_ = w;
+  }
+  void unlink_zero_copy_wait(zero_copy_wait* w) noexcept {
+    if (w->op == nullptr)
+      return; // not linked (its data CQE came while the ring was torn down)
+    w->op = nullptr;
+    (w->prev != nullptr ? w->prev->next : zero_copy_waits_) = w->next;
+    if (w->next != nullptr)
+      w->next->prev = w->prev;
+    w->prev = w->next = nullptr;
+  }
 
   // --- submission -----------------------------------------------------------
   // A free SQE; when the submission queue is full, submits first.
@@ -481,7 +525,9 @@ private:
   const void* owner_tp_ = thread_pointer();
   std::size_t zero_copy_threshold_ = 0;
   unsigned file_table_slots_ = 0;
+  unsigned direct_slots_used_ = 0; // see free_direct_slots
   bool file_table_ = false;
+  std::uint32_t buffers_generation_ = 0;
   bool buffers_registered_ = false; // epoll: the kernel's one-set-per-ring rule, kept
   bool draining_ = false;
   bool broken_ = false; // io_uring_enter failed unexpectedly: no CQE can be trusted
@@ -494,6 +540,7 @@ private:
   unsigned wait_batch_ = 1;
   unsigned wait_batch_usec_ = 0;
 
+  zero_copy_wait* zero_copy_waits_ = nullptr;
   operation* posted_head_ = nullptr;
   operation* posted_tail_ = nullptr;
 

@@ -39,12 +39,17 @@ public:
   transfer_all(ring* r, object_state* s, object_side* side, span_type buf) noexcept
       : base(r, s, side), buf_(buf) {
     this->on_complete = &step;
+    this->on_abandon = &abandon;
   }
-  transfer_all(transfer_all&& o) noexcept : base(std::move(o)), buf_(o.buf_), done_(o.done_) {}
+  transfer_all(transfer_all&& o) noexcept : base(std::move(o)), buf_(o.buf_), done_(o.done_) {
+    this->on_abandon = &abandon;
+  }
 
   bool await_ready() const noexcept { return buf_.empty(); }
   result<void> await_resume() noexcept {
-    if (done_ == buf_.size())
+    // (A zero-copy part aborted after the kernel took all of it counts in
+    // done_, but the operation was cancelled: res says so.)
+    if (done_ == buf_.size() && this->res >= 0)
       return {};
     if (this->res < 0)
       return errno_code(this->res);
@@ -67,6 +72,8 @@ private:
       // its notification CQE (IORING_CQE_F_NOTIF) comes, so nothing goes on
       // -- no re-arm, no resumption -- before that. Keep the result for then.
       self->zc_res_ = op->res;
+      self->wait_.op = op;
+      op->owner_ring->link_zero_copy_wait(&self->wait_);
       // Pages queued on a socket whose peer does not read would be held
       // for as long as the connection lives: a cancellation (or a close)
       // that comes now resets the connection to get them back.
@@ -77,9 +84,14 @@ private:
       return;
     }
     if (op->cqe_flags & IORING_CQE_F_NOTIF) {
+      op->owner_ring->unlink_zero_copy_wait(&self->wait_);
       op->res = self->zc_res_;
       op->cancel_fn = nullptr;
       if (self->aborted_) {
+        // The kernel took these bytes (the reset may have dropped some of
+        // them before the peer read them): transferred() counts them.
+        if (self->zc_res_ > 0)
+          self->done_ += static_cast<std::size_t>(self->zc_res_);
         op->res = -ECANCELED;
         op->owner_ring->finish(op);
         return;
@@ -106,6 +118,20 @@ private:
     op->owner_ring->finish(op);
   }
 
+  // Teardown (nothing is resumed): a send whose data CQE comes now resets its
+  // connection, or a peer that does not read would hold the pages, and the
+  // teardown would wait for the notification in vain. One that was already
+  // waiting for it is in the ring's list; its notification unlinks it.
+  static void abandon(operation* op) noexcept {
+    auto* self = static_cast<transfer_all*>(static_cast<Derived*>(op));
+    if (op->cqe_flags & IORING_CQE_F_MORE) {
+      self->aborted_ = true;
+      reset_connection(op->object->fd);
+    } else if (op->cqe_flags & IORING_CQE_F_NOTIF) {
+      op->owner_ring->unlink_zero_copy_wait(&self->wait_);
+    }
+  }
+
   // Resets the connection (connect(AF_UNSPEC) is tcp_disconnect: the
   // queued data, and with it the pages, are dropped at once and the peer
   // gets a RST); the notification then follows promptly.
@@ -121,7 +147,8 @@ private:
   span_type buf_;
   std::size_t done_ = 0;
   bool aborted_ = false;
-  int zc_res_ = 0; // a zero-copy part's result while its notification is awaited
+  int zc_res_ = 0;      // a zero-copy part's result while its notification is awaited
+  zero_copy_wait wait_; // in the ring's list while the notification is awaited
 };
 
 } // namespace couring::detail
