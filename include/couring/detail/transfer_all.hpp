@@ -48,8 +48,9 @@ public:
   bool await_ready() const noexcept { return buf_.empty(); }
   result<void> await_resume() noexcept {
     // (A zero-copy part aborted after the kernel took all of it counts in
-    // done_, but the operation was cancelled: res says so.)
-    if (done_ == buf_.size() && this->res >= 0)
+    // done_, but the operation was cancelled. Tested by aborted_, not by
+    // res: an empty transfer is ready at once and never sets res.)
+    if (done_ == buf_.size() && !aborted_)
       return {};
     if (this->res < 0)
       return errno_code(this->res);
