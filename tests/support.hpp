@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 #include <sys/resource.h>
@@ -80,6 +81,20 @@ nested_read(couring::tcp_stream& s, std::span<std::byte> buf, int depth) {
   if (depth == 0)
     co_return co_await s.read(buf);
   co_return co_await nested_read(s, buf, depth - 1);
+}
+
+// ec is the condition e (a system_category ECANCELED is errc's): a plain
+// bool to assert on outside the coroutine's co_await.
+inline bool is(const std::error_code& ec, std::errc e) {
+  return ec == e;
+}
+
+// Closes s after delay: the close that races an operation pending on s.
+template <class Stream>
+couring::task<void> close_after(couring::io_context& ctx, Stream& s,
+                                std::chrono::milliseconds delay) {
+  (void)co_await couring::sleep_for(ctx, delay);
+  s.close();
 }
 
 // Tests with thousands of sockets need more than the usual 1024 descriptors.

@@ -30,10 +30,6 @@ using couring::tcp_stream;
 
 namespace {
 
-bool is(const std::error_code& ec, std::errc e) {
-  return ec == e;
-}
-
 // Receives until end of stream, checking every byte against pattern(seed);
 // returns the byte count (or -1 on an error or a wrong byte).
 // hold: keep each lease across a short sleep, so that many streams hold

@@ -25,14 +25,6 @@ using couring::result;
 using couring::task;
 using couring::tcp_stream;
 
-namespace {
-
-bool is(const std::error_code& ec, std::errc e) {
-  return ec == e;
-}
-
-} // namespace
-
 TEST_CASE("a hungry stream woken for a buffer and closed at once: the next hungry stream gets "
           "the buffer") {
   // One buffer. L holds it; A (its peer gone) and B (data waiting) are

@@ -41,10 +41,6 @@ using couring::tcp_stream;
 
 namespace {
 
-bool is(const std::error_code& ec, std::errc e) {
-  return ec == e;
-}
-
 bool on_epoll(io_context& ctx) {
   return ctx.features().backend == couring::backend::epoll;
 }

@@ -406,12 +406,7 @@ TEST_CASE("zero-copy write_all: with_timeout and close stop it, after the notifi
     // Closed while in flight: operation_canceled, the descriptor released
     // only after the notification.
     auto p2 = co_await test_support::connect_pair(ctx, listener);
-    auto closer = [&]() -> couring::task<void> {
-      co_await couring::sleep_for(ctx, 50ms);
-      p2.client.close();
-    };
-    auto ct = closer();
-    ctx.spawn(std::move(ct));
+    ctx.spawn(test_support::close_after(ctx, p2.client, 50ms));
     auto w = p2.client.write_all(data);
     auto r2 = co_await w;
     REQUIRE(!r2);
@@ -560,12 +555,7 @@ TEST_CASE("direct descriptors: closing with a write_all in flight ends it, then 
     auto s1 = co_await listener.accept();
     require_ok(s1);
     const auto big = pattern(5, 32 << 20); // far more than the socket buffers: it stalls
-    auto closer = [&]() -> couring::task<void> {
-      co_await couring::sleep_for(ctx, 50ms);
-      s1->close();
-    };
-    auto ct = closer();
-    ctx.spawn(std::move(ct));
+    ctx.spawn(test_support::close_after(ctx, *s1, 50ms));
     auto w = co_await s1->write_all(big);
     REQUIRE(!w);
     CHECK(w.error() == std::errc::operation_canceled);

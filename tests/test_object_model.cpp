@@ -42,10 +42,6 @@ int iterations_or(int n) {
   return s != nullptr ? std::atoi(s) : n;
 }
 
-bool is(const std::error_code& ec, std::errc e) {
-  return ec == e; // compares the condition: system_category ECANCELED is errc's
-}
-
 // A connection's identity travels first, so that each side knows which
 // pattern the other must send.
 std::array<std::byte, 8> id_bytes(std::uint64_t id) {

@@ -161,12 +161,7 @@ TEST_CASE("zero-copy write_all closed while stalled: transferred() counts every 
   const std::vector<std::byte> data = pattern(34, 64u << 20); // far more than the buffers hold
   auto body = [&]() -> couring::task<void> {
     auto p = co_await test_support::connect_pair(ctx, listener);
-    auto closer = [&]() -> couring::task<void> {
-      co_await couring::sleep_for(ctx, 100ms);
-      p.client.close();
-    };
-    auto ct = closer();
-    ctx.spawn(std::move(ct));
+    ctx.spawn(test_support::close_after(ctx, p.client, 100ms));
     auto w = p.client.write_all(data);
     auto r = co_await w;
     REQUIRE(!r);
@@ -233,12 +228,7 @@ TEST_CASE("zero-copy write_all with_timeout between the data CQE and the notific
     auto s2 = co_await listener.accept();
     require_ok(s2);
     ::setsockopt(s2->native_handle(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-    auto closer = [&]() -> couring::task<void> {
-      co_await couring::sleep_for(ctx, 200ms);
-      s2->close();
-    };
-    auto ct = closer();
-    ctx.spawn(std::move(ct));
+    ctx.spawn(test_support::close_after(ctx, *s2, 200ms));
     auto w = s2->write_all(data);
     auto r2 = co_await w;
     ::close(peer2);
