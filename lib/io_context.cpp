@@ -106,6 +106,10 @@ const io_context_options& validated(const io_context_options& o) {
     throw std::invalid_argument(
         "couring: io_context_options::wait_batch_timeout must be between 1 and " +
         std::to_string(max_wait_batch_timeout.count()) + " us");
+  if (o.worker_watchdog.count() < 0 || o.worker_watchdog > max_worker_watchdog)
+    throw std::invalid_argument(
+        "couring: io_context_options::worker_watchdog must be between 0 and " +
+        std::to_string(max_worker_watchdog.count()) + " ms");
   return o;
 }
 
@@ -533,7 +537,10 @@ void io_context::drive(std::coroutine_handle<> root, detail::cancel_scope* root_
     }
     if (outbox_head_ != nullptr) // a test inline, not a call per turn
       flush_outbox();
-    if (idle && idle_spin_.count() != 0) [[unlikely]] {
+    if (idle && ring_.watch_workers()) [[unlikely]] {
+      ring_.enter_watchful();
+      ring_.reap();
+    } else if (idle && idle_spin_.count() != 0) [[unlikely]] {
       wait_idle();
     } else if (idle && ring_.wait_batch() > 1) [[unlikely]] {
       sleep_for_completions();

@@ -65,6 +65,7 @@ bool relay_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel_sco
 }
 
 result<std::size_t> relay_awaitable::await_resume() const noexcept {
+  uncount_worker_request();
   if (this->res < 0)
     return errno_code(this->res);
   return sent_;

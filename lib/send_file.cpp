@@ -57,6 +57,7 @@ bool send_file_awaitable::start(std::coroutine_handle<> awaiting, detail::cancel
 }
 
 result<std::size_t> send_file_awaitable::await_resume() const noexcept {
+  uncount_worker_request();
   if (end_of_file_)
     return make_error_code(error::end_of_file);
   if (this->res < 0)

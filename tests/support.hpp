@@ -6,12 +6,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
+#include <stdlib.h> // mkdtemp
 #include <sys/resource.h>
 
 #include <couring/couring.hpp>
@@ -104,6 +106,24 @@ inline void raise_fd_limit() {
   rl.rlim_cur = rl.rlim_max;
   setrlimit(RLIMIT_NOFILE, &rl);
 }
+
+// A fresh directory /tmp/couring-<what>-XXXXXX, removed with everything in
+// it by the destructor; dir / "name" is a path inside it.
+struct temp_dir {
+  std::string path;
+  explicit temp_dir(std::string_view what) {
+    std::string name = "/tmp/couring-" + std::string(what) + "-XXXXXX";
+    REQUIRE(::mkdtemp(name.data()) != nullptr);
+    path = name;
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  std::string operator/(std::string_view name) const { return path + "/" + std::string(name); }
+};
 
 } // namespace test_support
 

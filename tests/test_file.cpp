@@ -30,21 +30,6 @@ using namespace couring;
 
 namespace {
 
-// mkdtemp under /tmp; removed (with everything in it) by the destructor.
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char name[] = "/tmp/couring-file-XXXXXX";
-    REQUIRE(::mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(std::string_view name) const { return path + "/" + std::string(name); }
-};
-
 // A fast position-dependent fill: 64-bit words of a hash of (piece, word).
 std::uint64_t mix(std::uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -88,7 +73,7 @@ int in_child(Body body) {
 } // namespace
 
 TEST_CASE("file: write_at, read_at, size, stat, sync on a new file") {
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   auto body = [&]() -> task<void> {
     auto f = co_await file::open(ctx, dir / "a", {.write = true, .create = true});
@@ -117,7 +102,7 @@ TEST_CASE("file: write_at, read_at, size, stat, sync on a new file") {
 }
 
 TEST_CASE("file: short reads at the end of the file; read_exactly_at says end_of_file") {
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   auto body = [&]() -> task<void> {
     auto f = co_await file::open(ctx, dir / "short", {.read = true, .write = true, .create = true});
@@ -146,7 +131,7 @@ TEST_CASE("file: short reads at the end of the file; read_exactly_at says end_of
 }
 
 TEST_CASE("file: 256 MiB round trip in 1 MiB pieces, 16 requests in flight, checksummed") {
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   constexpr std::size_t piece = 1 << 20;
   // Under sanitizers (COURING_TEST_TIME_SCALE > 1) a quarter of it: the
@@ -195,7 +180,7 @@ TEST_CASE("file: 256 MiB round trip in 1 MiB pieces, 16 requests in flight, chec
 }
 
 TEST_CASE("file: errors are values with their errno; file_error names the path") {
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   auto body = [&]() -> task<void> {
     auto missing = co_await file::open(ctx, dir / "missing");
@@ -230,7 +215,7 @@ TEST_CASE("file: errors are values with their errno; file_error names the path")
 }
 
 TEST_CASE("file: EACCES for an unprivileged user (a child process that drops root)") {
-  temp_dir dir;
+  temp_dir dir("file");
   const std::string secret = dir / "secret";
   {
     const int fd = ::open(secret.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
@@ -249,7 +234,7 @@ TEST_CASE("file: EACCES for an unprivileged user (a child process that drops roo
 }
 
 TEST_CASE("file: EFBIG past RLIMIT_FSIZE (a child process with the limit and SIGXFSZ ignored)") {
-  temp_dir dir;
+  temp_dir dir("file");
   const std::string path = dir / "limited";
   const int code = in_child([&] {
     std::signal(SIGXFSZ, SIG_IGN); // otherwise the write kills the process
@@ -273,7 +258,7 @@ TEST_CASE("file: EFBIG past RLIMIT_FSIZE (a child process with the limit and SIG
 }
 
 TEST_CASE("file: ENOSPC on a full file system (a 64 KiB tmpfs)") {
-  temp_dir dir;
+  temp_dir dir("file");
   const std::string mnt = dir / "mnt";
   ::mkdir(mnt.c_str(), 0700);
   if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
@@ -303,7 +288,7 @@ TEST_CASE("file: ENOSPC on a full file system (a 64 KiB tmpfs)") {
 }
 
 TEST_CASE("file: a read that blocks (a FIFO) is cancelled by with_timeout and by close") {
-  temp_dir dir;
+  temp_dir dir("file");
   const std::string fifo = dir / "fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   io_context ctx;
@@ -349,7 +334,7 @@ TEST_CASE("file: a read that blocks (a FIFO) is cancelled by with_timeout and by
 
 TEST_CASE("file: 1,000 files open at once, then closed: the descriptor count comes back") {
   raise_fd_limit();
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   const std::size_t before = open_fd_count();
   auto body = [&]() -> task<void> {
@@ -371,7 +356,7 @@ TEST_CASE("file: 1,000 files open at once, then closed: the descriptor count com
 }
 
 TEST_CASE("read_file and write_file: round trip, replace, errors, no temporary left") {
-  temp_dir dir;
+  temp_dir dir("file");
   io_context ctx;
   auto body = [&]() -> task<void> {
     const auto first = pattern(1, 100'000);

@@ -26,20 +26,6 @@ using namespace couring;
 
 namespace {
 
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char name[] = "/tmp/couring-pipe-XXXXXX";
-    REQUIRE(::mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(std::string_view name) const { return path + "/" + std::string(name); }
-};
-
 constexpr std::size_t piece = 1 << 20;
 
 std::uint64_t mix(std::uint64_t x) {
@@ -190,7 +176,7 @@ TEST_CASE("stream(ctx, fd) on a pipe descriptor picks read/write by itself") {
 
 TEST_CASE(
     "send_file: a whole file over loopback, checksummed by the peer; against read+write_all") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   // 1 GiB; 128 MiB under sanitizers (COURING_TEST_TIME_SCALE > 1).
   const std::size_t pieces = time_scale() > 1 ? 128 : 1024;
   const std::uint64_t expected = make_file(dir / "big", pieces);
@@ -232,7 +218,7 @@ TEST_CASE(
 }
 
 TEST_CASE("send_file: a peer that resets after 1 MiB gives EPIPE/ECONNRESET and the count sent") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   make_file(dir / "f", 64);
   io_context ctx;
   auto listener = loopback_listener(ctx);
@@ -267,7 +253,7 @@ TEST_CASE("send_file: a peer that resets after 1 MiB gives EPIPE/ECONNRESET and 
 }
 
 TEST_CASE("send_file: a file truncated while being sent ends early with end_of_file, no hang") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   const std::string path = dir / "shrinking";
   make_file(path, 64);
   io_context ctx;
@@ -310,7 +296,7 @@ TEST_CASE("send_file: a file truncated while being sent ends early with end_of_f
 }
 
 TEST_CASE("send_file: closed, cancelled, never opened, empty range, beyond the end") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   make_file(dir / "f", 16);
   io_context ctx;
   auto listener = loopback_listener(ctx);
@@ -361,7 +347,7 @@ TEST_CASE("send_file: closed, cancelled, never opened, empty range, beyond the e
 
 TEST_CASE("send_file on a non-blocking socket: short splices wait for room with a poll; "
           "timeout and close while waiting") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   const std::size_t pieces = 16;
   const std::uint64_t expected = make_file(dir / "f", pieces);
   const std::size_t total = pieces * piece;
@@ -420,7 +406,7 @@ TEST_CASE("send_file on a non-blocking socket: short splices wait for room with 
 
 TEST_CASE("send_file cancelled or closed while waiting in line behind another write ends "
           "with operation_canceled (it used to hang)") {
-  temp_dir dir;
+  temp_dir dir("pipe");
   make_file(dir / "f", 1);
   io_context ctx;
   auto listener = loopback_listener(ctx);

@@ -74,6 +74,8 @@ public:
     using base = detail::io_awaitable<transfer_at_awaitable<Writing>>;
 
   public:
+    // Run by the kernel's worker threads (io_awaitable::runs_in_kernel_worker).
+    static constexpr bool runs_in_kernel_worker = true;
     using span_type = std::conditional_t<Writing, std::span<const std::byte>, std::span<std::byte>>;
     // No side: positional requests need no order (they are still counted on
     // the file, so a close waits for them).
@@ -117,6 +119,8 @@ public:
     using base = detail::transfer_all<transfer_all_at_awaitable<Writing>, Writing>;
 
   public:
+    // Run by the kernel's worker threads (io_awaitable::runs_in_kernel_worker).
+    static constexpr bool runs_in_kernel_worker = true;
     using span_type = typename base::span_type;
     transfer_all_at_awaitable(const detail::object_handle& h, span_type buf,
                               std::uint64_t offset) noexcept
@@ -140,6 +144,8 @@ public:
   // fsync (data_only: fdatasync).
   class sync_awaitable : public detail::io_awaitable<sync_awaitable> {
   public:
+    // Run by the kernel's worker threads (io_awaitable::runs_in_kernel_worker).
+    static constexpr bool runs_in_kernel_worker = true;
     sync_awaitable(const detail::object_handle& h, bool data_only) noexcept
         : io_awaitable(h.ring_ptr(), h.state(), nullptr), data_only_(data_only) {}
     sync_awaitable(sync_awaitable&& o) noexcept
@@ -163,6 +169,8 @@ public:
     using base = detail::io_awaitable<stat_awaitable<SizeOnly>>;
 
   public:
+    // Run by the kernel's worker threads (io_awaitable::runs_in_kernel_worker).
+    static constexpr bool runs_in_kernel_worker = true;
     using value_type = std::conditional_t<SizeOnly, std::uint64_t, struct statx>;
     explicit stat_awaitable(const detail::object_handle& h) noexcept
         : base(h.ring_ptr(), h.state(), nullptr) {}

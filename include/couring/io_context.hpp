@@ -106,6 +106,10 @@ public:
   // Idle spins so far (io_context_options::idle_spin), and how many of them
   // ended because work arrived. Read them on the context's thread, or after
   // its run() returned.
+  // Nudges of the kernel's worker pool so far (io_context_options::worker_watchdog).
+  std::uint64_t worker_kicks() const noexcept { return ring_.worker_kicks(); }
+  // Requests of the kernel's worker pool in flight (file I/O, paths, splice).
+  std::size_t worker_requests() const noexcept { return ring_.worker_requests(); }
   std::uint64_t spin_count() const noexcept { return spins_; }
   std::uint64_t spin_hits() const noexcept { return spin_hits_; }
   // The spin bound in force (the option, with automatic_idle_spin resolved).

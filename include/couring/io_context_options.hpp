@@ -76,7 +76,20 @@ struct io_context_options {
   // first completion (io_context_features::batched_wait says which).
   unsigned wait_batch = 1;
   std::chrono::microseconds wait_batch_timeout{20};
+  // While a request that the kernel runs in its worker threads is in flight
+  // (file I/O, opening, renaming or removing by path, splice: relay and
+  // send_file), the loop sleeps at most this long at a time, and a sleep
+  // that ends with nothing completed nudges the kernel's worker pool. This
+  // recovers from a Linux race (seen on 6.18) that can leave such a request
+  // queued with no worker to run it, which would otherwise hang its awaiter
+  // for ever. Costs a wake-up per interval only while such requests are in
+  // flight and the loop has nothing else to do; the loop then neither spins
+  // nor batches its sleep. 0: never (io_uring only; epoll has no pool).
+  // Between 0 and max_worker_watchdog, or std::invalid_argument.
+  std::chrono::milliseconds worker_watchdog{1000};
 };
+
+inline constexpr std::chrono::milliseconds max_worker_watchdog{3'600'000};
 
 // Limits of io_context_options::wait_batch and wait_batch_timeout.
 inline constexpr unsigned max_wait_batch = 4096;

@@ -21,6 +21,7 @@ inline result<void> void_result(int res) noexcept {
 // openat(AT_FDCWD, path, flags, mode): the new descriptor, or the error.
 class open_awaitable : public io_awaitable<open_awaitable> {
 public:
+  static constexpr bool runs_in_kernel_worker = true; // io_awaitable.hpp
   open_awaitable(io_context& ctx, const char* path, int flags, mode_t mode) noexcept
       : io_awaitable(ctx), path_(path), flags_(flags), mode_(mode) {
     this->on_abandon = &abandon;
@@ -44,6 +45,7 @@ private:
 
 class rename_awaitable : public io_awaitable<rename_awaitable> {
 public:
+  static constexpr bool runs_in_kernel_worker = true; // io_awaitable.hpp
   rename_awaitable(io_context& ctx, const char* from, const char* to) noexcept
       : io_awaitable(ctx), from_(from), to_(to) {}
   void prepare(io_uring_sqe* sqe) noexcept {
@@ -58,6 +60,7 @@ private:
 
 class unlink_awaitable : public io_awaitable<unlink_awaitable> {
 public:
+  static constexpr bool runs_in_kernel_worker = true; // io_awaitable.hpp
   unlink_awaitable(io_context& ctx, const char* path) noexcept : io_awaitable(ctx), path_(path) {}
   void prepare(io_uring_sqe* sqe) noexcept { io_uring_prep_unlinkat(sqe, AT_FDCWD, path_, 0); }
   static result<void> make_result(int res) noexcept { return void_result(res); }

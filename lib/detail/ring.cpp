@@ -253,6 +253,8 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
 
   if (options.register_ring_fd && io_uring_register_ring_fd(&ring_) == 1)
     features_.ring_fd_registered = true;
+  worker_watchdog_ns_ =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options.worker_watchdog).count();
   // The batched sleep needs min_wait_usec (6.12): without it a wait for
   // more than one completion could sleep while the one that came waits.
   if (options.wait_batch > 1 && (features_.kernel_features & feat_min_timeout) != 0) {
@@ -263,6 +265,8 @@ void ring::set_up_io_uring(const io_context_options& options, unsigned sq, unsig
 }
 
 ring::~ring() {
+  if (kick_fd_ >= 0)
+    ::close(kick_fd_);
   if (emu_ != nullptr)
     return; // the emulator closes its epoll instance; no kernel ring to unmap
   // In a fork() child, io_uring_queue_exit only unmaps and closes this
@@ -436,6 +440,17 @@ int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsign
 }
 } // namespace
 
+// Inlined: enter runs once per loop turn.
+[[gnu::always_inline]] inline unsigned ring::publish_sq() noexcept {
+  io_uring_sq& sq = ring_.sq;
+  const unsigned tail = sq.sqe_tail;
+  if (sq.sqe_head != tail) {
+    sq.sqe_head = tail;
+    io_uring_smp_store_release(sq.ktail, tail); // the kernel reads it in enter
+  }
+  return tail - IO_URING_READ_ONCE(*sq.khead);
+}
+
 void ring::reap_draining() noexcept {
   reap_batch<true>();
 }
@@ -454,13 +469,7 @@ void ring::enter(bool block) {
   // SQ tail, then one io_uring_enter that submits, runs the deferred task
   // work (GETEVENTS) and, if block, waits for one CQE. This is the one
   // system call per loop turn, so its user-space cost is paid per batch.
-  io_uring_sq& sq = ring_.sq;
-  const unsigned tail = sq.sqe_tail;
-  if (sq.sqe_head != tail) {
-    sq.sqe_head = tail;
-    io_uring_smp_store_release(sq.ktail, tail); // the kernel reads it in enter
-  }
-  const unsigned to_submit = tail - IO_URING_READ_ONCE(*sq.khead);
+  const unsigned to_submit = publish_sq();
   unsigned flags = IORING_ENTER_GETEVENTS;
   if (features_.ring_fd_registered)
     flags |= IORING_ENTER_REGISTERED_RING;
@@ -487,13 +496,7 @@ void ring::enter_batched(unsigned wait_nr) {
   if (released_ != nullptr) [[unlikely]]
     recycle_released();
   // As in enter (publish the SQ tail, one io_uring_enter), with EXT_ARG.
-  io_uring_sq& sq = ring_.sq;
-  const unsigned tail = sq.sqe_tail;
-  if (sq.sqe_head != tail) {
-    sq.sqe_head = tail;
-    io_uring_smp_store_release(sq.ktail, tail);
-  }
-  const unsigned to_submit = tail - IO_URING_READ_ONCE(*sq.khead);
+  const unsigned to_submit = publish_sq();
   // Without an overall timeout the kernel ends the wait when min_wait passes
   // even with nothing in: a loop with requests that never complete (idle
   // connections) would wake every min_wait. With one, it then waits for the
@@ -513,6 +516,53 @@ void ring::enter_batched(unsigned wait_nr) {
     broken_ = true;
     throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
   }
+}
+
+void ring::enter_watchful() {
+  assert(emu_ == nullptr && worker_watchdog_ns_ != 0);
+  if (released_ != nullptr) [[unlikely]]
+    recycle_released();
+  // enter(true) with a timeout (EXT_ARG, as in enter_batched).
+  const unsigned to_submit = publish_sq();
+  __kernel_timespec ts = to_timespec(std::chrono::nanoseconds(worker_watchdog_ns_));
+  getevents_arg_min_wait arg{.sigmask = 0,
+                             .sigmask_sz = _NSIG / 8,
+                             .min_wait_usec = 0,
+                             .ts = reinterpret_cast<std::uint64_t>(&ts)};
+  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+  if (features_.ring_fd_registered)
+    flags |= IORING_ENTER_REGISTERED_RING;
+  int r = sys_io_uring_enter(ring_.enter_ring_fd, to_submit, 1, flags, &arg, sizeof arg);
+  ++enter_count_;
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
+    broken_ = true;
+    throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
+  }
+  // The return value says how many were submitted when some were, not
+  // whether the wait timed out: look at the CQ instead.
+  if (!completions_waiting())
+    kick_workers();
+}
+
+void ring::kick_workers() {
+  // Forced async (IOSQE_ASYNC), each request goes to the worker pool's
+  // queue: a NOP to the bounded class (where file I/O and path operations
+  // wait), an empty read of a character device to the unbounded one (where
+  // splice waits). user_data 0: their CQEs are ignored, and pending_ does
+  // not count them. They go in with the next enter.
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_nop(sqe);
+  sqe->flags |= IOSQE_ASYNC;
+  io_uring_sqe_set_data64(sqe, 0);
+  if (kick_fd_ < 0)
+    kick_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (kick_fd_ >= 0) {
+    sqe = get_sqe();
+    io_uring_prep_read(sqe, kick_fd_, nullptr, 0, 0);
+    sqe->flags |= IOSQE_ASYNC;
+    io_uring_sqe_set_data64(sqe, 0);
+  }
+  ++worker_kicks_;
 }
 
 void ring::post(operation* op) noexcept {

@@ -30,6 +30,10 @@ public:
   // One SQE per await (with_timeout can link a timeout to it). Compound
   // operations that re-arm from their completion say false.
   static constexpr bool single_request = true;
+  // The kernel runs this request in its worker threads (io-wq) rather than
+  // inline: file I/O, operations on paths, splice. Those say true, and the
+  // loop watches over them while they are in flight (ring::worker_requests).
+  static constexpr bool runs_in_kernel_worker = false;
 
   // An operation that uses no I/O object (a timer, a nop).
   explicit io_awaitable(io_context& ctx) noexcept { init(&ctx.ring()); }
@@ -61,6 +65,7 @@ public:
     // The frame goes away while the operation waits in line (teardown).
     if (this->side != nullptr)
       ring::leave_queue(this);
+    uncount_worker_request();
   }
 
   bool await_ready() const noexcept { return false; }
@@ -70,7 +75,10 @@ public:
     return start(awaiting, scope_of(awaiting));
   }
 
-  auto await_resume() { return static_cast<Derived*>(this)->make_result(this->res); }
+  auto await_resume() {
+    uncount_worker_request();
+    return static_cast<Derived*>(this)->make_result(this->res);
+  }
 
   // Issues the request, or queues it behind the side's active operation;
   // false when it completed without being submitted (its object is closed,
@@ -94,6 +102,10 @@ public:
       return false;
     }
     this->waiter = awaiting;
+    if constexpr (Derived::runs_in_kernel_worker) {
+      this->owner_ring->count_worker_request(1);
+      worker_counted_ = true;
+    }
     if (this->side != nullptr && !this->owner_ring->take_side(this)) {
       // (side cleared: it failed at once and is posted, see take_side.)
       if (s != nullptr && this->side != nullptr)
@@ -129,9 +141,22 @@ public:
   }
 
 protected:
-  // A 32-bit flag right after operation::outstanding: for an operation on
-  // no object, both are cleared by one 64-bit store.
-  std::uint32_t on_object_ = false;
+  // Ends the count start() made for a request of the kernel's workers: when
+  // its result is taken, or when the awaitable goes away unawaited
+  // (teardown). Twice is harmless. const: some await_resume are.
+  void uncount_worker_request() const noexcept {
+    if constexpr (Derived::runs_in_kernel_worker) {
+      if (worker_counted_) {
+        worker_counted_ = false;
+        this->owner_ring->count_worker_request(-1);
+      }
+    }
+  }
+
+  // Two 16-bit flags right after operation::outstanding: for an operation
+  // on no object, the three are cleared by one 64-bit store.
+  std::uint16_t on_object_ = false;
+  mutable std::uint16_t worker_counted_ = false;
   // Set, and read, only for an operation on an object.
   std::uint32_t generation_;
 

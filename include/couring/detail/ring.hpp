@@ -436,6 +436,30 @@ public:
   void count_internal(int delta) noexcept { internal_ += static_cast<std::size_t>(delta); }
   void count_parked(int delta) noexcept { parked_ += static_cast<std::size_t>(delta); }
 
+  // --- the kernel's worker threads ------------------------------------------
+  // Requests the kernel runs in its worker pool (io-wq) rather than inline
+  // (io_awaitable::runs_in_kernel_worker: files, paths, splice) can be
+  // stranded: Linux (seen on 6.18) can queue one just as the pool's last
+  // idle worker exits, and the exiting worker then fails to start its
+  // replacement, so nothing ever runs the request. While such requests are
+  // in flight the loop sleeps with enter_watchful, which wakes after
+  // io_context_options::worker_watchdog; a wake-up with nothing completed
+  // queues one forced-async request in each of the pool's two classes (a
+  // NOP and an empty read of /dev/null): queueing into a pool with no
+  // running worker starts one, and it runs whatever waits there, the
+  // stranded request included. docs/design.md ("The kernel's worker pool").
+  void count_worker_request(int delta) noexcept {
+    worker_requests_ += static_cast<std::size_t>(delta);
+  }
+  std::size_t worker_requests() const noexcept { return worker_requests_; }
+  // The loop should sleep with enter_watchful rather than enter.
+  bool watch_workers() const noexcept { return worker_requests_ != 0 && worker_watchdog_ns_ != 0; }
+  // enter(true), but waking after the watchdog interval at the latest; then,
+  // if nothing came, nudges the worker pool (kick_workers).
+  void enter_watchful();
+  // Nudges so far (for tests).
+  std::uint64_t worker_kicks() const noexcept { return worker_kicks_; }
+
 private:
   template <bool Draining>
   void dispatch(std::uint64_t ud, int res, std::uint32_t flags) noexcept {
@@ -502,6 +526,10 @@ private:
   }
 
   void on_message(std::uint64_t ud, int res) noexcept;
+  // Publishes the prepared SQEs' tail to the kernel; how many it has not
+  // consumed yet (what the next io_uring_enter submits).
+  unsigned publish_sq() noexcept;
+  void kick_workers();
   io_uring_sqe* get_sqe_slow();
   void flush_full_sq(unsigned wanted);
   void attach_link_timeout(io_uring_sqe* sqe, operation* op) noexcept;
@@ -539,6 +567,10 @@ private:
   std::uint64_t messages_received_ = 0;
   unsigned wait_batch_ = 1;
   unsigned wait_batch_usec_ = 0;
+  std::size_t worker_requests_ = 0;     // see count_worker_request
+  std::int64_t worker_watchdog_ns_ = 0; // 0: no watchdog (epoll, or the option)
+  std::uint64_t worker_kicks_ = 0;
+  int kick_fd_ = -1; // /dev/null, opened at the first kick
 
   zero_copy_wait* zero_copy_waits_ = nullptr;
   operation* posted_head_ = nullptr;

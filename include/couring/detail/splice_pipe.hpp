@@ -79,6 +79,8 @@ template <class Derived>
 class splice_transfer : public io_awaitable<Derived> {
 public:
   static constexpr bool single_request = false;
+  // splice runs in the kernel's worker threads (io_awaitable.hpp).
+  static constexpr bool runs_in_kernel_worker = true;
   using io_awaitable<Derived>::io_awaitable;
 
   template <class Promise>

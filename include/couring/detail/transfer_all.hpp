@@ -47,6 +47,7 @@ public:
 
   bool await_ready() const noexcept { return buf_.empty(); }
   result<void> await_resume() noexcept {
+    this->uncount_worker_request();
     // (A zero-copy part aborted after the kernel took all of it counts in
     // done_, but the operation was cancelled. Tested by aborted_, not by
     // res: an empty transfer is ready at once and never sets res.)
