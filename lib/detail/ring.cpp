@@ -493,20 +493,32 @@ static_assert(sizeof(getevents_arg_min_wait) == sizeof(io_uring_getevents_arg));
 
 void ring::enter_batched(unsigned wait_nr) {
   assert(emu_ == nullptr && wait_batch_ > 1);
-  if (released_ != nullptr) [[unlikely]]
-    recycle_released();
-  // As in enter (publish the SQ tail, one io_uring_enter), with EXT_ARG.
-  const unsigned to_submit = publish_sq();
   // Without an overall timeout the kernel ends the wait when min_wait passes
   // even with nothing in: a loop with requests that never complete (idle
   // connections) would wake every min_wait. With one, it then waits for the
   // first completion, as a plain enter does, until the timeout (a spurious
   // wake-up per minute costs nothing).
-  __kernel_timespec ts{.tv_sec = 60, .tv_nsec = 0};
+  enter_until(wait_nr, wait_batch_usec_, __kernel_timespec{.tv_sec = 60, .tv_nsec = 0});
+}
+
+void ring::enter_watchful() {
+  assert(emu_ == nullptr && worker_watchdog_ns_ != 0);
+  enter_until(1, 0, to_timespec(std::chrono::nanoseconds(worker_watchdog_ns_)));
+  // The return value says how many were submitted when some were, not
+  // whether the wait timed out: look at the CQ instead.
+  if (!completions_waiting())
+    kick_workers();
+}
+
+void ring::enter_until(unsigned wait_nr, unsigned min_wait_usec, __kernel_timespec timeout) {
+  if (released_ != nullptr) [[unlikely]]
+    recycle_released();
+  // As in enter (publish the SQ tail, one io_uring_enter), with EXT_ARG.
+  const unsigned to_submit = publish_sq();
   getevents_arg_min_wait arg{.sigmask = 0,
                              .sigmask_sz = _NSIG / 8,
-                             .min_wait_usec = wait_batch_usec_,
-                             .ts = reinterpret_cast<std::uint64_t>(&ts)};
+                             .min_wait_usec = min_wait_usec,
+                             .ts = reinterpret_cast<std::uint64_t>(&timeout)};
   unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
   if (features_.ring_fd_registered)
     flags |= IORING_ENTER_REGISTERED_RING;
@@ -516,32 +528,6 @@ void ring::enter_batched(unsigned wait_nr) {
     broken_ = true;
     throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
   }
-}
-
-void ring::enter_watchful() {
-  assert(emu_ == nullptr && worker_watchdog_ns_ != 0);
-  if (released_ != nullptr) [[unlikely]]
-    recycle_released();
-  // enter(true) with a timeout (EXT_ARG, as in enter_batched).
-  const unsigned to_submit = publish_sq();
-  __kernel_timespec ts = to_timespec(std::chrono::nanoseconds(worker_watchdog_ns_));
-  getevents_arg_min_wait arg{.sigmask = 0,
-                             .sigmask_sz = _NSIG / 8,
-                             .min_wait_usec = 0,
-                             .ts = reinterpret_cast<std::uint64_t>(&ts)};
-  unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
-  if (features_.ring_fd_registered)
-    flags |= IORING_ENTER_REGISTERED_RING;
-  int r = sys_io_uring_enter(ring_.enter_ring_fd, to_submit, 1, flags, &arg, sizeof arg);
-  ++enter_count_;
-  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) [[unlikely]] {
-    broken_ = true;
-    throw std::system_error(-r, std::system_category(), "couring: io_uring_enter");
-  }
-  // The return value says how many were submitted when some were, not
-  // whether the wait timed out: look at the CQ instead.
-  if (!completions_waiting())
-    kick_workers();
 }
 
 void ring::kick_workers() {

@@ -529,6 +529,9 @@ private:
   // Publishes the prepared SQEs' tail to the kernel; how many it has not
   // consumed yet (what the next io_uring_enter submits).
   unsigned publish_sq() noexcept;
+  // One io_uring_enter with EXT_ARG: submit, then wait for wait_nr
+  // completions (min_wait_usec: see enter_batched) or until timeout.
+  void enter_until(unsigned wait_nr, unsigned min_wait_usec, __kernel_timespec timeout);
   void kick_workers();
   io_uring_sqe* get_sqe_slow();
   void flush_full_sq(unsigned wanted);
